@@ -1,0 +1,90 @@
+"""DPO stage (Rafailov et al. 2023, Eq. 7): TRL's DPOTrainer from the SFT policy, reference = the SFT policy.
+
+TRL re-tokenises text pairs (appending EOS to completions that were cut at the length limit, and letting BPE
+merge across the prompt/completion boundary), which would train on sequences that were never sampled. The pairs
+stage keeps the sampled token ids, and `SampledTokenDPOTrainer` hands them to TRL's collator unchanged.
+Reads sft/policy, pairs/. Writes snapshots/step*/ (policies for the frontier), policy/, metrics.jsonl."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from datasets import Dataset
+from omegaconf import DictConfig
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+from pipelines.common import UserError, read_jsonl, use_bf16
+from pipelines.models import load_policy, load_tokenizer
+from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
+
+log = logging.getLogger(__name__)
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+class SampledTokenDPOTrainer(DPOTrainer):
+    """DPOTrainer that trains on token ids as given (no text, no re-tokenisation, no appended EOS)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        missing = [c for c in ID_COLUMNS if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"{dataset_name} dataset needs token-id columns {ID_COLUMNS}; missing {missing}")
+        return dataset
+
+
+class SnapshotPolicy(TrainerCallback):
+    """Save the policy weights (no optimizer) every `every` steps and at the end: the frontier's checkpoints."""
+
+    def __init__(self, folder: Path, every: int, tokenizer):
+        self.folder, self.every, self.tokenizer = Path(folder), every, tokenizer
+
+    def _save(self, model, step: int):
+        target = self.folder / f"step{step:06d}"
+        if not (target / "model.safetensors").exists():
+            model.save_pretrained(str(target), safe_serialization=True)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and state.global_step % self.every == 0:
+            self._save(model, state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            self._save(model, state.global_step)
+
+
+def load_pairs(pairs_dir: Path) -> Dataset:
+    rows = read_jsonl(Path(pairs_dir) / "pairs.jsonl")
+    if not rows:
+        raise UserError(f"{pairs_dir}/pairs.jsonl has no pairs (all ties?); sample more prompts")
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in ID_COLUMNS})
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    m = cfg.method
+    sft_dir = Path(cfg.paths.sft) / "policy"
+    tokenizer = load_tokenizer(sft_dir)
+    policy, ref = load_policy(sft_dir), load_policy(sft_dir)
+    pairs = load_pairs(cfg.paths.pairs)
+    args = DPOConfig(
+        output_dir=str(out_dir / "trainer"), beta=m.beta, loss_type=[m.loss_type], learning_rate=m.learning_rate,
+        optim=m.optimizer, lr_scheduler_type="constant_with_warmup", warmup_steps=m.warmup_steps,
+        per_device_train_batch_size=m.batch_size, gradient_accumulation_steps=m.gradient_accumulation_steps,
+        num_train_epochs=m.epochs, max_steps=m.max_steps, logging_steps=10, save_steps=m.save_steps,
+        save_total_limit=1, max_length=None, bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
+        report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"), seed=cfg.seed,
+        dataloader_num_workers=0)
+    trainer = SampledTokenDPOTrainer(
+        model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer,
+        callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", m.eval_every,
+                                                                             tokenizer)])
+    resume = latest_checkpoint(out_dir / "trainer")
+    if resume:
+        log.info("dpo: resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.model.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir / "policy"))
+    finish_wandb()
+    steps = result.global_step
+    runtime = result.metrics.get("train_runtime", 0.0)
+    return {"train_loss": round(result.training_loss, 4), "steps": steps, "n_pairs": len(pairs),
+            "seconds_per_step": round(runtime / max(1, steps), 4)}

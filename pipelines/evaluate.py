@@ -1,0 +1,94 @@
+"""Evaluation stage, shared by every method: one frontier point per policy snapshot.
+
+For each snapshot of the method (and the SFT policy itself for method=sft): sample completions on the held-out
+test prefixes from the policy's full distribution, score them with r*, and estimate the sequence-level
+KL(pi || pi_SFT) from the same samples. Writes eval/step<N>.json (metrics) and eval/step<N>.samples.jsonl.
+Each snapshot's file is written once, so an interrupted evaluation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import evaluate as hf_evaluate
+from omegaconf import DictConfig
+
+from pipelines.common import atomic_write_json, pick_device, write_jsonl
+from pipelines.data import load_split
+from pipelines.models import load_policy, load_tokenizer
+from pipelines.prompts import make_prefixes
+from pipelines.reward import Reward, load_reward
+from pipelines.sampling import sample_completions, sequence_logprobs
+
+log = logging.getLogger(__name__)
+METRIC_DIR = Path(__file__).parent / "metrics" / "sequence_kl_reward"
+
+
+def evaluate_policy(policy, ref, tokenizer, reward: Reward, prompts: list[list[int]], *, max_new_tokens: int,
+                    batch_size: int, seed: int, temperature: float = 1.0, desc: str | None = None
+                    ) -> tuple[dict, list[dict]]:
+    """Frontier point of `policy` against `ref` on `prompts`. Returns (metrics, per-sample rows)."""
+    completions = sample_completions(policy, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
+                                     pad_id=tokenizer.pad_token_id, batch_size=batch_size, seed=seed, tag="eval",
+                                     temperature=temperature, desc=desc and f"{desc}: sampling")
+    policy_logps = sequence_logprobs(policy, prompts, completions, batch_size)
+    ref_logps = policy_logps if ref is policy else sequence_logprobs(ref, prompts, completions, batch_size)
+    texts = tokenizer.batch_decode([p + c for p, c in zip(prompts, completions)], skip_special_tokens=True)
+    rewards = reward(texts)
+    metrics = hf_evaluate.load(str(METRIC_DIR)).compute(policy_logps=policy_logps, ref_logps=ref_logps,
+                                                         rewards=rewards)
+    eos = tokenizer.eos_token_id
+    metrics["mean_length"] = sum(len(c) for c in completions) / len(completions)
+    metrics["eos_rate"] = sum(c[-1] == eos for c in completions) / len(completions)
+    rows = [{"prompt": tokenizer.decode(p), "completion": tokenizer.decode(c, skip_special_tokens=True),
+             "completion_ids": c, "reward": r, "logratio": lp - lr}
+            for p, c, r, lp, lr in zip(prompts, completions, rewards, policy_logps, ref_logps)]
+    return metrics, rows
+
+
+def method_snapshots(cfg: DictConfig) -> list[tuple[int, Path]]:
+    """(step, folder) of every saved policy of the configured method."""
+    found = sorted(Path(cfg.paths.method).glob("snapshots/step*"))
+    return [(int(p.name[4:]), p) for p in found]
+
+
+def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Path]], meta: dict, seed: int
+                    ) -> dict:
+    """Evaluate each (step, policy folder) that has no result file yet; the reference is always the SFT policy."""
+    e, g = cfg.task.eval, cfg.task.generation
+    device = pick_device(cfg.device)
+    sft_dir = Path(cfg.paths.sft) / "policy"
+    tokenizer = load_tokenizer(sft_dir)
+    ref = load_policy(sft_dir, device)
+    reward = load_reward(cfg)
+    test = make_prefixes(load_split(cfg.paths.data, "test"), tokenizer, e.n_prompts, cfg.task.prompt.min_tokens,
+                         cfg.task.prompt.max_tokens, cfg.shared_seed, "test")
+    prompts = [x["prompt_ids"] for x in test for _ in range(e.samples_per_prompt)]
+    points = {}
+    for step, folder in policies:
+        path = out_dir / f"step{step:06d}.json"
+        if not path.exists():
+            policy = ref if Path(folder) == sft_dir else load_policy(folder, device)
+            metrics, rows = evaluate_policy(policy, ref, tokenizer, reward, prompts, max_new_tokens=g.max_new_tokens,
+                                            batch_size=g.batch_size, seed=seed, temperature=g.temperature,
+                                            desc=f"eval {meta['tag']} step {step}")
+            metrics.update(meta, seed=seed, step=step)
+            write_jsonl(out_dir / f"step{step:06d}.samples.jsonl", rows)
+            atomic_write_json(path, metrics)
+            log.info("eval %s step %d: KL %.3f +- %.3f, reward %.4f +- %.4f", meta["tag"], step, metrics["kl"],
+                     metrics["kl_se"], metrics["reward"], metrics["reward_se"])
+        points[step] = path.name
+    return {"points": points}
+
+
+def run_sft(cfg: DictConfig, out_dir: Path) -> dict:
+    """The SFT policy's own point (KL 0), the frontier's anchor; shared by every method and seed."""
+    return evaluate_points(cfg, out_dir, [(0, Path(cfg.paths.sft) / "policy")],
+                           {"method": "sft", "tag": "sft", "param": None}, cfg.shared_seed)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Every snapshot of the configured method."""
+    param = {"dpo": "beta"}.get(cfg.method.name)
+    meta = {"method": cfg.method.name, "tag": cfg.method.tag, "param": cfg.method.get(param) if param else None}
+    return evaluate_points(cfg, out_dir, method_snapshots(cfg), meta, cfg.seed)

@@ -1,0 +1,84 @@
+"""Preference-pair stage (paper, sentiment): for each train prefix, sample k completions from the SFT policy,
+score them with r*, and turn every pair of the k into a (chosen, rejected) pair by r* (k=4 -> 6 pairs).
+Exact ties are dropped and counted. Pairs keep the sampled token ids, so DPO trains on exactly what was sampled.
+Resumable: prompts are processed in chunks, each chunk written once with its own seed.
+Reads sft/policy, reward/, data/. Writes chunks/, pairs.jsonl."""
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from pipelines.common import pick_device, read_jsonl, write_jsonl
+from pipelines.data import load_split
+from pipelines.models import load_policy, load_tokenizer
+from pipelines.prompts import make_prefixes
+from pipelines.reward import load_reward
+from pipelines.sampling import sample_completions
+
+log = logging.getLogger(__name__)
+
+
+def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: list[float], tie_threshold: float
+               ) -> tuple[list[dict], int]:
+    """All unordered pairs of the completions, ordered by reward. Returns (pairs, number of ties dropped)."""
+    pairs, ties = [], 0
+    for i, j in itertools.combinations(range(len(completions)), 2):
+        if abs(rewards[i] - rewards[j]) <= tie_threshold or completions[i] == completions[j]:
+            ties += 1
+            continue
+        w, l = (i, j) if rewards[i] > rewards[j] else (j, i)
+        pairs.append({"prompt_ids": prompt_ids, "chosen_ids": completions[w], "rejected_ids": completions[l],
+                      "chosen_reward": rewards[w], "rejected_reward": rewards[l]})
+    return pairs, ties
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    p, g = cfg.task.pairs, cfg.task.generation
+    tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
+    policy = load_policy(Path(cfg.paths.sft) / "policy", pick_device(cfg.device))
+    reward = load_reward(cfg)
+    prompts = make_prefixes(load_split(cfg.paths.data, "train"), tokenizer, p.n_prompts, cfg.task.prompt.min_tokens,
+                            cfg.task.prompt.max_tokens, cfg.shared_seed, "train")
+    chunk_dir = out_dir / "chunks"
+    chunk_dir.mkdir(exist_ok=True)
+    n_chunks = (len(prompts) + p.chunk_size - 1) // p.chunk_size
+    for c in tqdm(range(n_chunks), desc="pairs: sampling chunks"):
+        path = chunk_dir / f"{c:05d}.jsonl"
+        if path.exists():
+            continue  # finished before an interruption
+        chunk = prompts[c * p.chunk_size:(c + 1) * p.chunk_size]
+        repeated = [x["prompt_ids"] for x in chunk for _ in range(p.samples_per_prompt)]
+        completions = sample_completions(policy, repeated, max_new_tokens=g.max_new_tokens,
+                                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                         batch_size=g.batch_size, seed=cfg.shared_seed, tag=f"pairs/{c}",
+                                         temperature=g.temperature)
+        rewards = reward(tokenizer.batch_decode([x + y for x, y in zip(repeated, completions)],
+                                                skip_special_tokens=True))
+        k = p.samples_per_prompt
+        write_jsonl(path, [{"prompt_ids": x["prompt_ids"], "doc": x["doc"],
+                            "completions": completions[i * k:(i + 1) * k], "rewards": rewards[i * k:(i + 1) * k]}
+                           for i, x in enumerate(chunk)])
+    pairs, ties, samples = [], 0, []
+    for c in range(n_chunks):
+        for row in read_jsonl(chunk_dir / f"{c:05d}.jsonl"):
+            new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], p.tie_threshold)
+            pairs += new
+            ties += t
+            samples += list(zip(row["completions"], row["rewards"]))
+    write_jsonl(out_dir / "pairs.jsonl", pairs)
+    eos = tokenizer.eos_token_id
+    stats = {"n_prompts": len(prompts), "n_pairs": len(pairs), "n_ties_dropped": ties,
+             "sft_mean_reward": round(sum(r for _, r in samples) / len(samples), 4),
+             "sft_mean_length": round(sum(len(c) for c, _ in samples) / len(samples), 2),
+             "sft_eos_rate": round(sum(c[-1] == eos for c, _ in samples) / len(samples), 4),
+             "mean_reward_margin": round(sum(x["chosen_reward"] - x["rejected_reward"] for x in pairs)
+                                         / max(1, len(pairs)), 4)}
+    log.info("pairs: %s", stats)
+    del policy
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return stats

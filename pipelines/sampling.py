@@ -1,0 +1,94 @@
+"""Sampling from a policy and scoring sequences under a policy: the two operations every stage that touches
+KL shares (pairs, evaluation, later PPO), so they are written once.
+
+Samples come from the policy's full distribution: temperature 1 by default, no top-k, no top-p, no EOS masking.
+(transformers samples with top-k 50 unless told otherwise; the samples would then not come from pi and the KL
+estimate E_{y~pi}[log pi(y) - log pi_ref(y)] would be wrong.)
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+
+def full_distribution_config(max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0
+                             ) -> GenerationConfig:
+    """Ancestral sampling from softmax(logits / temperature) with every truncation switched off."""
+    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None,
+                            typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+                            max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
+                            bos_token_id=None)
+
+
+def batch_seed(seed: int, tag: str, index: int) -> int:
+    """A seed per (run seed, purpose, batch index): resumed and uninterrupted runs draw the same samples."""
+    return int(hashlib.sha256(f"{seed}/{tag}/{index}".encode()).hexdigest()[:8], 16)
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
+                       batch_size: int, seed: int, tag: str = "sample", temperature: float = 1.0,
+                       desc: str | None = None) -> list[list[int]]:
+    """One completion per prompt (repeat prompts for several). Each completion ends at its first EOS (kept) or
+    at max_new_tokens (no EOS). Returns token ids without padding."""
+    device = next(model.parameters()).device
+    gen_cfg = full_distribution_config(max_new_tokens, eos_id, pad_id, temperature)
+    was_training = model.training
+    model.eval()  # dropout off: samples must come from the same function that is scored
+    out: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    for b, start in enumerate(tqdm(starts, desc=desc, disable=desc is None, leave=False)):
+        batch = prompts[start:start + batch_size]
+        ids, mask = _left_pad(batch, pad_id, device)
+        torch.manual_seed(batch_seed(seed, tag, b))
+        gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+        for row in gen[:, ids.shape[1]:].tolist():
+            out.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
+    model.train(was_training)
+    return out
+
+
+def completion_token_logprobs(model, prompts: list[list[int]], completions: list[list[int]]) -> list[torch.Tensor]:
+    """Per-token log pi(y_t | x, y_<t) for each completion (float32, on the model's device), with gradient if the
+    model has it. Sequences are right-padded, so positions match an unpadded forward."""
+    device = next(model.parameters()).device
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    # Shape (B, T-1): log-prob of token t+1 given tokens <= t.
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return [logps[i, len(p) - 1:len(p) - 1 + len(c)] for i, (p, c) in enumerate(zip(prompts, completions))]
+
+
+@torch.no_grad()
+def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]], batch_size: int,
+                      desc: str | None = None) -> list[float]:
+    """log pi(y | x) = sum over completion tokens (EOS included when sampled) for each (prompt, completion)."""
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
+        per_token = completion_token_logprobs(model, prompts[start:start + batch_size],
+                                              completions[start:start + batch_size])
+        out += [float(t.sum()) for t in per_token]
+    model.train(was_training)
+    return out

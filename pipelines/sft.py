@@ -1,0 +1,70 @@
+"""SFT stage: the reference policy pi_ref. TRL's SFTTrainer on the train documents (joined with EOS, cut into
+blocks), from scratch (embedded) or from a pretrained model (paper: gpt2-large, one epoch on IMDb train).
+Reads data/, tokenizer/. Writes policy/ (safetensors + tokenizer), metrics.jsonl, held-out perplexity."""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from omegaconf import DictConfig
+from trl import SFTConfig, SFTTrainer
+
+from pipelines.common import UserError, use_bf16
+from pipelines.data import load_split
+from pipelines.models import build_policy, context_length, load_tokenizer
+from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
+
+log = logging.getLogger(__name__)
+
+
+def token_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:
+    """Documents joined with EOS (so the model learns to end a review) and cut into equal blocks."""
+    stream: list[int] = []
+    for ids in tokenizer(texts)["input_ids"]:
+        stream += ids + [tokenizer.eos_token_id]
+    n = len(stream) // block_size
+    if n == 0:
+        raise UserError(f"the text is shorter than one block of {block_size} tokens; lower model.sft.block_size")
+    return Dataset.from_dict({"input_ids": [stream[i * block_size:(i + 1) * block_size] for i in range(n)]})
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    s = cfg.model.sft
+    tokenizer = load_tokenizer(cfg.paths.tokenizer)
+    tokenizer.padding_side = "right"
+    model = build_policy(cfg.model, tokenizer)
+    if s.block_size > context_length(model):
+        raise UserError(f"model.sft.block_size={s.block_size} exceeds the model's context {context_length(model)}")
+    train = token_blocks([d["text"] for d in load_split(cfg.paths.data, "train")], tokenizer, s.block_size)
+    test = token_blocks([d["text"] for d in load_split(cfg.paths.data, "test")], tokenizer, s.block_size)
+    log.info("sft: %d train blocks, %d test blocks of %d tokens, %.2fM parameters", len(train), len(test),
+             s.block_size, sum(p.numel() for p in model.parameters()) / 1e6)
+    args = SFTConfig(
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=s.epochs, learning_rate=s.learning_rate,
+        per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
+        warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type=s.lr_scheduler,
+        max_length=s.block_size, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
+        # TRL defaults both on; neither is wanted on CPU or for small models.
+        bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
+        report_to=trainer_report_to(cfg, out_dir, f"sft-{cfg.model.name}"), seed=cfg.shared_seed,
+        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,
+                         processing_class=tokenizer, callbacks=[JsonlMetrics(out_dir / "metrics.jsonl")])
+    resume = latest_checkpoint(out_dir / "checkpoints")
+    if resume:
+        log.info("sft: resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    eval_loss = trainer.evaluate()["eval_loss"]
+    trainer.model.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(str(out_dir / "policy"))
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # optimizer state is not needed once done
+    finish_wandb()
+    return {"train_loss": round(result.training_loss, 4), "eval_loss": round(eval_loss, 4),
+            "eval_perplexity": round(math.exp(eval_loss), 3), "steps": result.global_step,
+            "n_params": sum(p.numel() for p in trainer.model.parameters()), "train_blocks": len(train),
+            "torch_threads": torch.get_num_threads()}

@@ -1,0 +1,106 @@
+"""Skip/resume bookkeeping shared by every stage.
+
+A stage owns one folder. It is *done* when `done.json` in that folder carries the hash of the config it depends
+on (its own config subtrees plus the hashes of its upstream stages): then it is skipped. A folder without
+`done.json` is an interrupted stage and is resumed by the stage itself (Trainer checkpoints, finished chunks).
+A done stage whose hash differs is never overwritten silently: the run stops unless `force=true`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.common import UserError, atomic_write_json, git_sha, versions
+
+log = logging.getLogger(__name__)
+DONE = "done.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    # run(cfg, out_dir) -> metrics dict (JSON-serialisable)
+    run: Callable[[DictConfig, Path], dict]
+    # Dotted config keys whose values the stage's output depends on.
+    keys: tuple[str, ...]
+    # Upstream stage names; their hashes enter this stage's hash.
+    deps: tuple[str, ...]
+    # Output folder, derived from the config.
+    out_dir: Callable[[DictConfig], Path]
+    # Extra inputs that are not config values (e.g. checksums of local data files).
+    fingerprint: Callable[[DictConfig], dict] | None = None
+
+
+def _select(cfg: DictConfig, key: str):
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) or OmegaConf.is_list(value) \
+        else value
+
+
+def config_hash(cfg: DictConfig, stage: Stage, upstream_hashes: dict[str, str]) -> tuple[str, dict]:
+    """Hash of what the stage depends on. Returns (hash, the hashed payload)."""
+    payload = {"stage": stage.name, "config": {k: _select(cfg, k) for k in stage.keys},
+               "upstream": dict(sorted(upstream_hashes.items()))}
+    if stage.fingerprint is not None:
+        payload["inputs"] = stage.fingerprint(cfg)
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16], payload
+
+
+def read_done(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / DONE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn marker counts as not done
+
+
+def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dict[str, str] | None = None) -> str:
+    """Run `name` (its upstream stages first) unless already done. Returns the stage's config hash."""
+    hashes = {} if _hashes is None else _hashes
+    if name in hashes:
+        return hashes[name]
+    stage = stages[name]
+    upstream = {dep: run_stage(cfg, stages, dep, hashes) for dep in stage.deps}
+    digest, payload = config_hash(cfg, stage, upstream)
+    out_dir = Path(stage.out_dir(cfg))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel sweep jobs that share an unfinished upstream stage wait here for the one running it.
+    with FileLock(str(out_dir) + ".lock"):
+        done = read_done(out_dir)
+        if done is not None and done.get("hash") == digest:
+            log.info("stage %-9s done, skipped (%s)", name, out_dir)
+            hashes[name] = digest
+            return digest
+        if done is not None:
+            if not cfg.force:
+                raise UserError(
+                    f"stage '{name}' in {out_dir} was finished with a different config (hash {done.get('hash')}, "
+                    f"now {digest}). Nothing was changed. Use another preset name for the new setting, delete the "
+                    "folder, or pass force=true to redo it (and the stages after it).")
+            log.warning("force=true: redoing stage %s in %s", name, out_dir)
+            shutil.rmtree(out_dir)
+        resumed = out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "stage_config.json", payload)
+        log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
+        start = time.time()
+        metrics = stage.run(cfg, out_dir) or {}
+        atomic_write_json(out_dir / DONE, {
+            "stage": name, "hash": digest, "wall_time_s": round(time.time() - start, 2), "resumed": resumed,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
+            "versions": versions(), "metrics": metrics})
+    hashes[name] = digest
+    return digest

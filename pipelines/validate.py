@@ -1,0 +1,62 @@
+"""Config checks that run before any stage: every problem is reported at once, before anything is trained or
+written."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from pipelines.common import UserError
+
+SOURCES = ("embedded", "hf", "local")
+REWARDS = ("tfidf_logreg", "hf_classifier")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def validate(cfg: DictConfig) -> None:
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    t = cfg.task
+    need(t.data.source in SOURCES, f"task.data.source must be one of {SOURCES}, got '{t.data.source}'")
+    need(0 < t.data.test_fraction < 1, f"task.data.test_fraction must be in (0, 1), got {t.data.test_fraction}")
+    need(t.data.max_docs is None or t.data.max_docs > 0, f"task.data.max_docs must be > 0, got {t.data.max_docs}")
+    need(1 <= t.prompt.min_tokens <= t.prompt.max_tokens,
+         f"task.prompt needs 1 <= min_tokens <= max_tokens, got {t.prompt.min_tokens}..{t.prompt.max_tokens}")
+    need(t.generation.max_new_tokens >= 1, f"task.generation.max_new_tokens must be >= 1, got "
+                                           f"{t.generation.max_new_tokens}")
+    need(t.generation.temperature > 0, f"task.generation.temperature must be > 0, got {t.generation.temperature}")
+    need(t.generation.batch_size >= 1, f"task.generation.batch_size must be >= 1, got {t.generation.batch_size}")
+    need(t.reward.kind in REWARDS, f"task.reward.kind must be one of {REWARDS}, got '{t.reward.kind}'")
+    need(t.pairs.n_prompts >= 1, f"task.pairs.n_prompts must be >= 1, got {t.pairs.n_prompts}")
+    need(t.pairs.samples_per_prompt >= 2,
+         f"task.pairs.samples_per_prompt must be >= 2 (pairs need two samples), got {t.pairs.samples_per_prompt}")
+    need(t.pairs.tie_threshold >= 0, f"task.pairs.tie_threshold must be >= 0, got {t.pairs.tie_threshold}")
+    need(t.pairs.chunk_size >= 1, f"task.pairs.chunk_size must be >= 1, got {t.pairs.chunk_size}")
+    need(t.eval.n_prompts >= 1, f"task.eval.n_prompts must be >= 1, got {t.eval.n_prompts}")
+    need(t.eval.samples_per_prompt >= 1, f"task.eval.samples_per_prompt must be >= 1, got {t.eval.samples_per_prompt}")
+    if not cfg.model.pretrained:
+        a = cfg.model.arch
+        need(a is not None, "model.arch is required when model.pretrained is null")
+        if a is not None:
+            need(t.prompt.max_tokens + t.generation.max_new_tokens <= a.n_positions,
+                 f"prompt ({t.prompt.max_tokens}) + completion ({t.generation.max_new_tokens}) tokens exceed the "
+                 f"model context model.arch.n_positions={a.n_positions}")
+            need(a.n_embd % a.n_head == 0, f"model.arch.n_embd ({a.n_embd}) must be divisible by n_head ({a.n_head})")
+        need(cfg.model.tokenizer.vocab_size and cfg.model.tokenizer.vocab_size >= 260,
+             "model.tokenizer.vocab_size must be >= 260 (256 bytes + special tokens)")
+    s = cfg.model.sft
+    need(s.epochs > 0 and s.learning_rate > 0 and s.batch_size >= 1 and s.block_size >= 2,
+         "model.sft needs epochs > 0, learning_rate > 0, batch_size >= 1, block_size >= 2")
+    m = cfg.method
+    if m.name == "dpo":
+        need(m.beta > 0, f"method.beta must be > 0, got {m.beta}")
+        need(m.learning_rate > 0, f"method.learning_rate must be > 0, got {m.learning_rate}")
+        need(m.batch_size >= 1, f"method.batch_size must be >= 1, got {m.batch_size}")
+        need(m.eval_every >= 1, f"method.eval_every must be >= 1, got {m.eval_every}")
+        need(m.epochs > 0 or m.max_steps > 0, "method needs epochs > 0 or max_steps > 0")
+    need(cfg.wandb.mode in WANDB_MODES, f"wandb.mode must be one of {WANDB_MODES}, got '{cfg.wandb.mode}'")
+    need(bool(cfg.preset), "preset must be a non-empty name")
+    if problems:
+        raise UserError("bad config (nothing was run):\n  " + "\n  ".join(problems))
