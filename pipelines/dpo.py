@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import TrainerCallback
@@ -72,7 +73,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         num_train_epochs=m.epochs, max_steps=m.max_steps, logging_steps=10, save_steps=m.save_steps,
         save_total_limit=1, max_length=None, bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"), seed=cfg.seed,
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = SampledTokenDPOTrainer(
         model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer,
         callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", m.eval_every,

@@ -40,9 +40,11 @@ def evaluate_policy(policy, ref, tokenizer, reward: Reward, prompts: list[list[i
     eos = tokenizer.eos_token_id
     metrics["mean_length"] = sum(len(c) for c in completions) / len(completions)
     metrics["eos_rate"] = sum(c[-1] == eos for c in completions) / len(completions)
-    rows = [{"prompt": tokenizer.decode(p), "completion": tokenizer.decode(c, skip_special_tokens=True),
+    prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
+    # Byte-level BPE: decode prompt+completion together (a character may span the boundary), then cut the prompt.
+    rows = [{"prompt": pt, "completion": t[len(pt):] if t.startswith(pt) else tokenizer.decode(c),
              "completion_ids": c, "reward": r, "logratio": lp - lr}
-            for p, c, r, lp, lr in zip(prompts, completions, rewards, policy_logps, ref_logps)]
+            for pt, t, c, r, lp, lr in zip(prompt_texts, texts, completions, rewards, policy_logps, ref_logps)]
     return metrics, rows
 
 

@@ -66,7 +66,8 @@ class TfidfLogReg:
                 cols.append(j)
                 vals.append(v / norm)
         return torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
-                                       torch.tensor(vals, dtype=torch.float32), (len(texts), len(self.vocab)))
+                                       torch.tensor(vals, dtype=torch.float32), (len(texts), len(self.vocab)),
+                                       check_invariants=False)
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         return torch.sparse.mm(self.transform(texts), self.weight[:, None])[:, 0] + self.bias

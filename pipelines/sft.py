@@ -51,7 +51,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # TRL defaults both on; neither is wanted on CPU or for small models.
         bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"sft-{cfg.model.name}"), seed=cfg.shared_seed,
-        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False)
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,
                          processing_class=tokenizer, callbacks=[JsonlMetrics(out_dir / "metrics.jsonl")])
     resume = latest_checkpoint(out_dir / "checkpoints")

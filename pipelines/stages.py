@@ -91,13 +91,25 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
                     f"now {digest}). Nothing was changed. Use another preset name for the new setting, delete the "
                     "folder, or pass force=true to redo it (and the stages after it).")
             log.warning("force=true: redoing stage %s in %s", name, out_dir)
-            shutil.rmtree(out_dir)
+        # A forced redo keeps the finished output aside until the new one succeeds: a failure restores it.
+        backup = out_dir.with_name(out_dir.name + ".previous") if done is not None else None
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+            out_dir.rename(backup)
         resumed = out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "stage_config.json", payload)
         log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
         start = time.time()
-        metrics = stage.run(cfg, out_dir) or {}
+        try:
+            metrics = stage.run(cfg, out_dir) or {}
+        except BaseException:
+            if backup is not None:
+                shutil.rmtree(out_dir, ignore_errors=True)
+                backup.rename(out_dir)
+            raise
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
         atomic_write_json(out_dir / DONE, {
             "stage": name, "hash": digest, "wall_time_s": round(time.time() - start, 2), "resumed": resumed,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
