@@ -145,12 +145,15 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
            "![frontier](frontier.png)", "", "## Set-up (measured)", ""]
     dm, tm, sm, rm, pm = (x.get("metrics", {}) for x in (data, tok, sft, rew, pairs))
     per_corpus = ", ".join(f"{k.split('/')[1]} {v}" for k, v in rm.items() if k.startswith("test_accuracy/"))
+    plain = ", ".join(f"{k.split('/')[1]} {v}" for k, v in rm.items() if k.startswith("plain_tfidf_test_accuracy/"))
     out += [f"- Data: {dm.get('n_train')} train / {dm.get('n_test')} test documents ({dm.get('train_by_corpus')}).",
             f"- Tokenizer: vocabulary {tm.get('vocab_size')}.",
             f"- SFT policy (pi_ref): {_fmt(sm.get('n_params', 0) / 1e6, 2)}M parameters, {sm.get('steps')} steps; "
             f"**held-out perplexity {sm.get('eval_perplexity')}** (eval loss {sm.get('eval_loss')}).",
             f"- r* ({rm.get('kind')}): held-out accuracy {rm.get('test_accuracy')} "
-            f"({per_corpus}).",
+            f"({per_corpus})"
+            + (f"; plain TF-IDF + LR with function words kept, on the same split: {plain}" if plain else "")
+            + (f"; r* of pure filler: {rm['filler_reward']}" if rm.get("filler_reward") else "") + ".",
             f"- Preference pairs: {pm.get('n_pairs')} from {pm.get('n_prompts')} train prefixes "
             f"({pm.get('n_ties_dropped')} ties dropped); SFT samples: mean r* {pm.get('sft_mean_reward')}, "
             f"mean length {pm.get('sft_mean_length')} tokens, EOS rate {pm.get('sft_eos_rate')}.", ""]

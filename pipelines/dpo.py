@@ -49,7 +49,8 @@ class SnapshotPolicy(TrainerCallback):
             self._save(model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
+        # The last step too, unless a periodic snapshot is only a few steps before it (a near-duplicate point).
+        if state.is_world_process_zero and state.global_step % self.every > self.every // 4:
             self._save(model, state.global_step)
 
 

@@ -42,23 +42,24 @@ class Reward(Protocol):
         """p(positive) in [0, 1] for each text."""
 
 
-def features(text: str) -> list[str]:
+def features(text: str, stopwords: frozenset = STOPWORDS) -> list[str]:
     """Unigrams and bigrams over the content words of `text` (lower-cased, punctuation and function words dropped)."""
-    words = [w for w in TOKEN_RE.findall(text.lower()) if w not in STOPWORDS]
+    words = [w for w in TOKEN_RE.findall(text.lower()) if w not in stopwords]
     return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
 
 
 class TfidfLogReg:
     """p(positive | text) = sigmoid(w . tfidf(text) + b), tfidf = L2-normalised (1 + log tf) * idf."""
 
-    def __init__(self, vocab: dict[str, int], idf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-        self.vocab, self.idf, self.weight, self.bias = vocab, idf, weight, bias
+    def __init__(self, vocab: dict[str, int], idf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 stopwords: frozenset = STOPWORDS):
+        self.vocab, self.idf, self.weight, self.bias, self.stopwords = vocab, idf, weight, bias, stopwords
 
     def transform(self, texts: list[str]) -> torch.Tensor:
         """Sparse (len(texts), n_features) matrix of L2-normalised TF-IDF rows."""
         rows, cols, vals = [], [], []
         for i, text in enumerate(texts):
-            counts = Counter(f for f in features(text) if f in self.vocab)
+            counts = Counter(f for f in features(text, self.stopwords) if f in self.vocab)
             row = [(self.vocab[f], (1.0 + math.log(c)) * float(self.idf[self.vocab[f]])) for f, c in counts.items()]
             norm = math.sqrt(sum(v * v for _, v in row)) or 1.0
             for j, v in row:
@@ -92,13 +93,14 @@ class TfidfLogReg:
 
     @classmethod
     def fit(cls, texts: list[str], labels: list[int], *, min_df: int, max_features: int, l2: float,
-            steps: int) -> "TfidfLogReg":
-        df = Counter(f for t in texts for f in set(features(t)))
+            steps: int, stopwords: frozenset = STOPWORDS) -> "TfidfLogReg":
+        """stopwords=frozenset() gives plain TF-IDF + LR (kept only as the accuracy baseline: it is gameable)."""
+        df = Counter(f for t in texts for f in set(features(t, stopwords)))
         kept = sorted((f for f, c in df.items() if c >= min_df), key=lambda f: (-df[f], f))[:max_features]
         vocab = {f: i for i, f in enumerate(sorted(kept))}
         n = len(texts)
         idf = torch.tensor([math.log((1 + n) / (1 + df[f])) + 1.0 for f in sorted(kept)])
-        x = cls(vocab, idf, torch.zeros(len(vocab)), torch.zeros(())).transform(texts).coalesce()
+        x = cls(vocab, idf, torch.zeros(len(vocab)), torch.zeros(()), stopwords).transform(texts).coalesce()
         y = torch.tensor(labels, dtype=torch.float32)
         w = torch.zeros(len(vocab), requires_grad=True)
         b = torch.zeros((), requires_grad=True)
@@ -113,7 +115,7 @@ class TfidfLogReg:
             return loss
 
         opt.step(closure)
-        return cls(vocab, idf, w.detach(), b.detach())
+        return cls(vocab, idf, w.detach(), b.detach(), stopwords)
 
 
 def accuracy(reward: Reward, docs: list[dict]) -> float:
@@ -185,6 +187,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         inv = {i: f for f, i in model.vocab.items()}
         metrics["top_positive_features"] = [inv[i] for i in top.indices.tolist()]
         metrics["top_negative_features"] = [inv[i] for i in bottom.indices.tolist()]
+        # The same classifier with function words kept: the usual TF-IDF + LR, for the accuracy record only.
+        plain = TfidfLogReg.fit([d["text"] for d in train], [d["label"] for d in train], min_df=r.min_df,
+                                max_features=r.max_features, l2=best, steps=r.steps, stopwords=frozenset())
+        for corpus in sorted({d["corpus"] for d in test}):
+            metrics[f"plain_tfidf_test_accuracy/{corpus}"] = round(
+                accuracy(plain, [d for d in test if d["corpus"] == corpus]), 4)
+        filler = "and the and of and a and"
+        metrics["filler_reward"] = {"''": round(model([""])[0], 4), filler: round(model([filler])[0], 4),
+                                    "plain tfidf, filler": round(plain([filler])[0], 4)}
     else:
         model = load_reward(cfg)
         test = test[:1000]  # a large classifier: a sample of the test set is enough for the record

@@ -10,22 +10,28 @@ from transformers import TrainerCallback
 
 
 def trainer_report_to(cfg: DictConfig, out_dir: Path, run_name: str) -> list[str]:
-    """Point wandb at the stage folder and return Trainer's `report_to`. wandb.mode=online syncs to the server
-    (needs WANDB_API_KEY in the environment; the key is never written to a config or file by this project)."""
+    """Start the stage's wandb run in its own folder and return Trainer's `report_to`.
+
+    The run is started here (not by Trainer's callback, which would reuse the folder of the process's first
+    run) with the resolved config of the experiment. wandb.mode=online syncs live and needs WANDB_API_KEY in the
+    environment; the key is never written anywhere by this project."""
     mode = cfg.wandb.mode
     if mode not in ("offline", "online", "disabled"):
         from pipelines.common import UserError
         raise UserError(f"wandb.mode: '{mode}' is not one of offline, online, disabled")
     if mode == "disabled":
         return []
-    os.environ["WANDB_MODE"] = mode
-    os.environ["WANDB_DIR"] = str(out_dir)
-    os.environ["WANDB_PROJECT"] = cfg.wandb.project
-    os.environ["WANDB_NAME"] = run_name
-    os.environ["WANDB_RUN_GROUP"] = f"{cfg.task.name}/{cfg.preset}"
+    import wandb
+    from omegaconf import OmegaConf
+
+    finish_wandb()
     os.environ.setdefault("WANDB_SILENT", "true")
-    if cfg.wandb.entity:
-        os.environ["WANDB_ENTITY"] = cfg.wandb.entity
+    os.environ["WANDB_LOG_MODEL"] = "false"  # weights stay on disk, never uploaded
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    wandb.init(dir=str(out_dir), mode=mode, project=cfg.wandb.project, entity=cfg.wandb.entity or None,
+               name=run_name, group=f"{cfg.task.name}/{cfg.preset}", job_type=out_dir.name, config=config,
+               settings=wandb.Settings(silent=True))
     return ["wandb"]
 
 

@@ -102,3 +102,18 @@ def test_local_file_content_is_part_of_the_data_hash(smoke_cfg, reviews_file):
     with pytest.raises(UserError, match="different config"):
         run_pipeline(cfg)
     assert run_pipeline(smoke_cfg("pipeline=[data]", "force=true"))["data"] != first
+
+
+def test_wandb_offline_run_per_training_stage_and_no_secret_written(smoke_cfg, tmp_path, monkeypatch):
+    secret = "sk-this-must-never-be-written-0123456789"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = smoke_cfg("wandb.mode=offline")
+    run_pipeline(cfg)
+    for stage_dir in (Path(cfg.paths.sft), Path(cfg.paths.method)):
+        runs = list((stage_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, stage_dir
+        assert (stage_dir / "metrics.jsonl").stat().st_size > 0
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
