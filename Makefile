@@ -42,8 +42,8 @@ test: $(VENV)/.installed ## offline test suite (default: fast tests only, a few 
 test-all: $(VENV)/.installed ## every test, slow ones included
 	$(PY) -m pytest -q -m ''
 
-bench: $(VENV)/.installed ## time sampling, DPO and evaluation steps; writes results/bench/
-	$(PY) -m analysis.bench
+bench: $(VENV)/.installed ## time sampling, log-probs, SFT and DPO steps (idle machine); writes results/bench/
+	$(PY) -m pipelines.bench
 
 clean-runs: ## delete training outputs under runs/ (results/ is kept)
 	rm -rf runs

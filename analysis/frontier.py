@@ -100,7 +100,7 @@ def _fmt(x, nd=3) -> str:
 def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
     """The first n held-out prefixes with the SFT completion and each run's last-checkpoint completion."""
     lines = []
-    finals = df.loc[df.groupby(["method", "param", "seed"], dropna=False)["step"].idxmax()]
+    finals = df.loc[df.groupby(["method", "param", "seed"], dropna=False)["step"].idxmax()].sort_index()
     sources = []
     for _, r in finals.iterrows():
         if r.method == "sft":

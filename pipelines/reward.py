@@ -147,7 +147,8 @@ class HFClassifierReward:
         out = []
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=512).to(self.device)
+                                 truncation=True, max_length=min(512, self.tokenizer.model_max_length)
+                                 ).to(self.device)
             out += torch.softmax(self.model(**enc).logits.float(), -1)[:, self.positive].tolist()
         return out
 

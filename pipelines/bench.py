@@ -1,0 +1,133 @@
+"""Micro-benchmarks of the embedded default's hot paths (make bench): sampling, sequence log-probs, one SFT step
+and one DPO step of TRL, on a model of the embedded default's shape with random weights.
+
+  python -m pipelines.bench [--out results/bench] [--repeats 5]
+
+Writes <out>/<device>.json and .md. Run it on an idle machine: another process on the cores slows every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
+from trl import DPOConfig
+
+from pipelines.common import versions
+from pipelines.dpo import SampledTokenDPOTrainer
+from pipelines.sampling import sample_completions, sequence_logprobs
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class _StepTimer(TrainerCallback):
+    """Wall time of each optimizer step inside Trainer.train (forward, backward, optimizer; no set-up)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _timed(fn, repeats: int) -> dict:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "repeats": repeats}
+
+
+def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t1"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t0", pad_token="t0", unk_token="t1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    model_cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    task_cfg = OmegaConf.load(CONF / "task" / "sentiment.yaml")
+    a, vocab = model_cfg.arch, model_cfg.tokenizer.vocab_size
+    new_tokens, batch = task_cfg.generation.max_new_tokens, task_cfg.generation.batch_size
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab, n_positions=a.n_positions, n_embd=a.n_embd, n_layer=a.n_layer,
+                        n_head=a.n_head, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = GPT2LMHeadModel(config).to(device).eval()
+    prompts = [[int(x) for x in torch.randint(1, vocab, (5,))] for _ in range(batch)]
+    # Never sample EOS so every completion has the full length (random weights would stop at random places).
+    with torch.no_grad():
+        policy.lm_head.weight[0].zero_()
+    completions = sample_completions(policy, prompts, max_new_tokens=new_tokens, eos_id=0, pad_id=0,
+                                     batch_size=batch, seed=0)
+    results = {
+        f"sample_{batch}x{new_tokens}_tokens": _timed(lambda: sample_completions(
+            policy, prompts, max_new_tokens=new_tokens, eos_id=0, pad_id=0, batch_size=batch, seed=0), args.repeats),
+        f"sequence_logprobs_{batch}_sequences": _timed(lambda: sequence_logprobs(policy, prompts, completions, batch),
+                                                       args.repeats),
+    }
+    # One SFT step (plain causal-LM loss, AdamW) on a batch of the SFT shape.
+    sft = model_cfg.sft
+    train_model = GPT2LMHeadModel(config).to(device).train()
+    opt = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
+    blocks = torch.randint(0, vocab, (sft.batch_size, sft.block_size), device=device)
+
+    def sft_step():
+        opt.zero_grad()
+        train_model(input_ids=blocks, labels=blocks).loss.backward()
+        opt.step()
+    results[f"sft_step_{sft.batch_size}x{sft.block_size}"] = _timed(sft_step, args.repeats)
+    # DPO steps through TRL, on pairs of the sampled shape.
+    n_pairs = 32 * (args.repeats + 1)
+    pairs = Dataset.from_dict({"prompt_ids": [prompts[i % batch] for i in range(n_pairs)],
+                               "chosen_ids": [completions[i % batch] for i in range(n_pairs)],
+                               "rejected_ids": [completions[(i + 1) % batch] for i in range(n_pairs)]})
+    with tempfile.TemporaryDirectory() as tmp:
+        dpo_args = DPOConfig(output_dir=tmp, beta=0.1, per_device_train_batch_size=32, max_steps=args.repeats + 1,
+                             learning_rate=1e-4, optim="rmsprop", report_to=[], bf16=False,
+                             gradient_checkpointing=False, logging_steps=1000, save_strategy="no",
+                             disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
+        trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=GPT2LMHeadModel(config),
+                                         args=dpo_args, train_dataset=pairs, processing_class=_tokenizer(vocab),
+                                         callbacks=[timer := _StepTimer()])
+        trainer.train()
+        step_times = timer.times[1:]  # the first step warms up
+    results["dpo_step_32_pairs"] = {"median_s": round(statistics.median(step_times), 4),
+                                    "min_s": round(min(step_times), 4), "repeats": len(step_times)}
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
+    record = {"device": device_name, "machine": platform.machine(), "processor": platform.processor(),
+              "model": OmegaConf.to_container(a), "vocab": vocab,
+              "n_params": sum(p.numel() for p in policy.parameters()), "versions": versions(), "results": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = device_name.replace(" ", "_")
+    (out / f"{slug}.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# Benchmarks on {device_name}", "", f"Model: GPT-2 {a.n_layer}x{a.n_embd}, vocab {vocab}, "
+             f"{record['n_params'] / 1e6:.2f}M parameters (the embedded default's shape, random weights). "
+             "Command: `make bench`.", "", "| operation | seconds |", "|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['median_s']} (median of {r['repeats']}) |")
+    (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
