@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)
 
-reproduce-sentiment: $(VENV)/.installed ## embedded default: data, SFT, r*, pairs, DPO beta sweep, frontier (CPU, ~35 min)
+reproduce-sentiment: $(VENV)/.installed ## embedded default: data, SFT, r*, pairs, DPO beta sweep, frontier (CPU, ~30 min)
 	$(PY) -m pipelines.run --multirun experiment=sentiment_embedded $(ARGS)
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"
 

@@ -123,6 +123,29 @@ def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
     return lines
 
 
+def reading(df: pd.DataFrame) -> list[str]:
+    """Plain statements computed from the table: which runs beat SFT, and the best reward within a KL budget."""
+    sft = df[df.method == "sft"]
+    if sft.empty:
+        return []
+    r0, se0 = float(sft.reward.iloc[0]), float(sft.reward_se.iloc[0])
+    lines = ["## Reading", "", f"- SFT (π_ref): r* = {r0:.4f} ± {se0:.4f}."]
+    for method, group in df[df.method != "sft"].groupby("method"):
+        finals = group.loc[group.groupby(["param", "seed"])["step"].idxmax()]
+        # above SFT by more than two standard errors of the difference (independent samples)
+        above = [r for _, r in finals.iterrows() if r.reward - r0 > 2 * (r.reward_se ** 2 + se0 ** 2) ** 0.5]
+        lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above SFT's by more than two "
+                     f"standard errors of the difference.")
+        front = pareto_front(pd.concat([group, sft]))
+        for budget in (1, 2, 5, 10):
+            within = front[front.kl <= budget]
+            if len(within) and within.kl.max() > 0:
+                best = within.iloc[-1]
+                lines.append(f"  - best r* at KL ≤ {budget}: {best.reward:.4f} ± {best.reward_se:.4f} "
+                             f"({_param_name(method)}={best.param:g}, step {int(best.step)}, KL {best.kl:.2f})")
+    return lines + [""]
+
+
 def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: str, n_examples: int) -> str:
     shared = run_root / "shared"
     sft, rew, pairs, data, tok = (_done(shared / s) for s in ("sft", "reward", "pairs", "data", "tokenizer"))
@@ -157,7 +180,7 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
             f"- Preference pairs: {pm.get('n_pairs')} from {pm.get('n_prompts')} train prefixes "
             f"({pm.get('n_ties_dropped')} ties dropped); SFT samples: mean r* {pm.get('sft_mean_reward')}, "
             f"mean length {pm.get('sft_mean_length')} tokens, EOS rate {pm.get('sft_eos_rate')}.", ""]
-    out += ["## Frontier points", "",
+    out += reading(df) + ["## Frontier points", "",
             "KL = sequence-level KL(pi || pi_SFT) in nats, estimated from n samples of the policy on held-out "
             "prefixes (EOS included, full-distribution sampling); ± is one standard error.", "",
             "| method | param | seed | step | KL | ± | r* | ± | n | mean len | EOS rate |",
