@@ -67,6 +67,13 @@ def read_done(out_dir: Path) -> dict | None:
         return None  # a torn marker counts as not done
 
 
+def _started_hash(out_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(out_dir) / "stage_config.json").read_text()).get("hash")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dict[str, str] | None = None) -> str:
     """Run `name` (its upstream stages first) unless already done. Returns the stage's config hash."""
     hashes = {} if _hashes is None else _hashes
@@ -96,9 +103,14 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
             out_dir.rename(backup)
+        if done is None and out_dir.exists() and _started_hash(out_dir) not in (None, digest):
+            # An unfinished stage begun with another config: its partial output cannot be resumed; nothing in it
+            # was ever finished, so it is discarded.
+            log.warning("stage %s in %s was interrupted under another config; starting it afresh", name, out_dir)
+            shutil.rmtree(out_dir)
         resumed = out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "stage_config.json", payload)
+        atomic_write_json(out_dir / "stage_config.json", {**payload, "hash": digest})
         log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
         start = time.time()
         try:

@@ -117,3 +117,16 @@ def test_wandb_offline_run_per_training_stage_and_no_secret_written(smoke_cfg, t
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_interrupted_stage_under_another_config_starts_afresh(smoke_cfg):
+    cfg = smoke_cfg("pipeline=[data,tokenizer,sft,reward,pairs]")
+    run_pipeline(cfg)
+    pairs_dir = Path(cfg.paths.pairs)
+    (pairs_dir / "done.json").unlink()  # interrupted...
+    stale = pairs_dir / "chunks" / "00000.jsonl"
+    stale.write_text('{"stale": true}\n')
+    changed = smoke_cfg("pipeline=[data,tokenizer,sft,reward,pairs]", "task.pairs.tie_threshold=0.01")
+    run_pipeline(changed)  # ...then rerun with another config: the stale chunk must not be reused
+    assert "stale" not in stale.read_text()
+    assert done(pairs_dir)["resumed"] is False
