@@ -54,13 +54,14 @@ class TfidfLogReg:
     def __init__(self, vocab: dict[str, int], idf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  stopwords: frozenset = STOPWORDS):
         self.vocab, self.idf, self.weight, self.bias, self.stopwords = vocab, idf, weight, bias, stopwords
+        self._idf = idf.tolist()  # plain floats for the per-feature loop in transform()
 
     def transform(self, texts: list[str]) -> torch.Tensor:
         """Sparse (len(texts), n_features) matrix of L2-normalised TF-IDF rows."""
         rows, cols, vals = [], [], []
         for i, text in enumerate(texts):
             counts = Counter(f for f in features(text, self.stopwords) if f in self.vocab)
-            row = [(self.vocab[f], (1.0 + math.log(c)) * float(self.idf[self.vocab[f]])) for f, c in counts.items()]
+            row = [(self.vocab[f], (1.0 + math.log(c)) * self._idf[self.vocab[f]]) for f, c in counts.items()]
             norm = math.sqrt(sum(v * v for _, v in row)) or 1.0
             for j, v in row:
                 rows.append(i)
@@ -116,6 +117,12 @@ class TfidfLogReg:
 
         opt.step(closure)
         return cls(vocab, idf, w.detach(), b.detach(), stopwords)
+
+
+def accuracy_by_corpus(reward: Reward, docs: list[dict], prefix: str) -> dict[str, float]:
+    """{prefix/corpus: accuracy} for each corpus of `docs`."""
+    return {f"{prefix}/{c}": round(accuracy(reward, [d for d in docs if d["corpus"] == c]), 4)
+            for c in sorted({d["corpus"] for d in docs})}
 
 
 def accuracy(reward: Reward, docs: list[dict]) -> float:
@@ -191,17 +198,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # The same classifier with function words kept: the usual TF-IDF + LR, for the accuracy record only.
         plain = TfidfLogReg.fit([d["text"] for d in train], [d["label"] for d in train], min_df=r.min_df,
                                 max_features=r.max_features, l2=best, steps=r.steps, stopwords=frozenset())
-        for corpus in sorted({d["corpus"] for d in test}):
-            metrics[f"plain_tfidf_test_accuracy/{corpus}"] = round(
-                accuracy(plain, [d for d in test if d["corpus"] == corpus]), 4)
+        metrics.update(accuracy_by_corpus(plain, test, "plain_tfidf_test_accuracy"))
         filler = "and the and of and a and"
         metrics["filler_reward"] = {"''": round(model([""])[0], 4), filler: round(model([filler])[0], 4),
                                     "plain tfidf, filler": round(plain([filler])[0], 4)}
     else:
         model = load_reward(cfg)
         test = test[:1000]  # a large classifier: a sample of the test set is enough for the record
-    for corpus in sorted({d["corpus"] for d in test}):
-        metrics[f"test_accuracy/{corpus}"] = round(accuracy(model, [d for d in test if d["corpus"] == corpus]), 4)
+    metrics.update(accuracy_by_corpus(model, test, "test_accuracy"))
     metrics["test_accuracy"] = round(accuracy(model, test), 4)
     log.info("r*: %s", {k: v for k, v in metrics.items() if "accuracy" in k})
     return metrics
