@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 COLUMNS = ["method", "param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
 EXTRA = ["tag", "mean_length", "eos_rate"]
 COLORS = {"sft": "black", "dpo": "tab:blue", "ppo": "tab:red", "ppo_gt": "tab:orange"}
-SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs"]
+SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs", "reward_model"]
+KL_BUDGETS = (1, 2, 5, 10)
 
 
 def load_points(run_root: Path) -> pd.DataFrame:
@@ -78,7 +79,7 @@ def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def _param_name(method: str) -> str:
-    return {"dpo": "β"}.get(method, "param")
+    return {"dpo": "β", "ppo": "KL target", "ppo_gt": "KL target"}.get(method, "param")
 
 
 def _done(path: Path) -> dict:
@@ -136,13 +137,41 @@ def reading(df: pd.DataFrame) -> list[str]:
         above = [r for _, r in finals.iterrows() if r.reward - r0 > 2 * (r.reward_se ** 2 + se0 ** 2) ** 0.5]
         lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above SFT's by more than two "
                      f"standard errors of the difference.")
-        front = pareto_front(pd.concat([group, sft]))
-        for budget in (1, 2, 5, 10):
-            within = front[front.kl <= budget]
-            if len(within) and within.kl.max() > 0:
-                best = within.iloc[-1]
-                lines.append(f"  - best r* at KL ≤ {budget}: {best.reward:.4f} ± {best.reward_se:.4f} "
-                             f"({_param_name(method)}={best.param:g}, step {int(best.step)}, KL {best.kl:.2f})")
+    return lines + [""] + matched_kl(df)
+
+
+def best_within(points: pd.DataFrame, budget: float) -> pd.Series | None:
+    """The highest-r* point with KL <= budget (the Pareto front read as a step function); None if only SFT."""
+    front = pareto_front(points)
+    within = front[front.kl <= budget]
+    if not len(within) or within.kl.max() <= 0:
+        return None
+    return within.iloc[-1]
+
+
+def matched_kl(df: pd.DataFrame) -> list[str]:
+    """Methods side by side at the same KL budgets: best r* of each method's checkpoints within the budget, and
+    which method leads by more than two standard errors of the difference."""
+    sft = df[df.method == "sft"]
+    methods = [m for m in ("dpo", "ppo", "ppo_gt") if m in set(df.method)] + \
+        sorted(set(df.method) - {"sft", "dpo", "ppo", "ppo_gt"})
+    if len(methods) < 2:
+        return []
+    lines = ["## Methods at matched KL", "",
+             "Best r* among each method's evaluated checkpoints with KL ≤ budget (± one s.e.; the point's KL in "
+             "brackets). A budget below a method's smallest KL shows —.", "",
+             "| KL ≤ | " + " | ".join(methods) + " | leader (> 2 s.e.) |", "|---" * (len(methods) + 2) + "|"]
+    for budget in KL_BUDGETS:
+        best = {m: best_within(pd.concat([df[df.method == m], sft]), budget) for m in methods}
+        cells = [f"{b.reward:.3f} ± {b.reward_se:.3f} [{b.kl:.1f}]" if b is not None else "—"
+                 for b in best.values()]
+        found = sorted(((b.reward, b.reward_se, m) for m, b in best.items() if b is not None), reverse=True)
+        if len(found) >= 2:
+            (r1, s1, m1), (r2, s2, _) = found[0], found[1]
+            leader = m1 if r1 - r2 > 2 * (s1 ** 2 + s2 ** 2) ** 0.5 else "tie (within 2 s.e.)"
+        else:
+            leader = ""
+        lines.append(f"| {budget} | " + " | ".join(cells) + f" | {leader} |")
     return lines + [""]
 
 
@@ -179,7 +208,14 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
             + (f"; r* of pure filler: {rm['filler_reward']}" if rm.get("filler_reward") else "") + ".",
             f"- Preference pairs: {pm.get('n_pairs')} from {pm.get('n_prompts')} train prefixes "
             f"({pm.get('n_ties_dropped')} ties dropped); SFT samples: mean r* {pm.get('sft_mean_reward')}, "
-            f"mean length {pm.get('sft_mean_length')} tokens, EOS rate {pm.get('sft_eos_rate')}.", ""]
+            f"mean length {pm.get('sft_mean_length')} tokens, EOS rate {pm.get('sft_eos_rate')}."]
+    rmm = _done(shared / "reward_model").get("metrics", {})
+    if rmm:
+        out.append(f"- Learned reward model r_phi (PPO's reward): **held-out pairwise accuracy "
+                   f"{rmm.get('eval_accuracy')}** on {rmm.get('n_eval_pairs')} pairs of held-out prefixes "
+                   f"(trained on {rmm.get('n_train_pairs')}; best checkpoint at step {rmm.get('best_step')} of "
+                   f"{rmm.get('steps')}). r* orders every pair correctly by construction.")
+    out.append("")
     out += reading(df) + ["## Frontier points", "",
             "KL = sequence-level KL(pi || pi_SFT) in nats, estimated from n samples of the policy on held-out "
             "prefixes (EOS included, full-distribution sampling); ± is one standard error.", "",
@@ -196,12 +232,30 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
     out += ["## Wall time per stage (from the done-markers)", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {s} | {t:.0f} |" for s, t in stage_times]
     out += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
-    dpo_steps = [(_done(d).get("metrics", {}).get("seconds_per_step")) for d in run_root.glob("seed*/dpo_*")]
-    dpo_steps = [x for x in dpo_steps if x]
-    if dpo_steps:
-        out += [f"DPO: {sum(dpo_steps) / len(dpo_steps):.3f} s per optimizer step (mean over {len(dpo_steps)} runs).",
-                ""]
-    return "\n".join(out)
+    return "\n".join(out + step_costs(run_root))
+
+
+def step_costs(run_root: Path) -> list[str]:
+    """Seconds per training step of each method, from the train stages' done-markers."""
+    per_method: dict[str, list[dict]] = {}
+    for d in sorted(run_root.glob("seed*/*")):
+        done = _done(d)
+        method = json.loads((d / "stage_config.json").read_text())["config"]["method"]["name"] \
+            if done and (d / "stage_config.json").exists() else None
+        if method and done.get("metrics", {}).get("seconds_per_step"):
+            per_method.setdefault(method, []).append(done["metrics"])
+    if not per_method:
+        return []
+    what = {"dpo": "one optimizer step on a batch of preference pairs",
+            "ppo": "one PPO step: rollout, scoring, and all PPO epochs over the batch",
+            "ppo_gt": "one PPO step: rollout, scoring, and all PPO epochs over the batch"}
+    lines = ["## Seconds per training step", "", "| method | runs | s / step | steps per run | what a step is |",
+             "|---|---|---|---|---|"]
+    for method, ms in per_method.items():
+        sps = sum(m["seconds_per_step"] for m in ms) / len(ms)
+        steps = sorted({m.get("steps") for m in ms})
+        lines.append(f"| {method} | {len(ms)} | {sps:.3f} | {', '.join(map(str, steps))} | {what.get(method, '')} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import evaluate as hf_evaluate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipelines.common import atomic_write_json, pick_device, write_jsonl
 from pipelines.data import load_split
@@ -91,6 +91,7 @@ def run_sft(cfg: DictConfig, out_dir: Path) -> dict:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Every snapshot of the configured method."""
-    param = {"dpo": "beta"}.get(cfg.method.name)
-    meta = {"method": cfg.method.name, "tag": cfg.method.tag, "param": cfg.method.get(param) if param else None}
+    param = {"dpo": "beta", "ppo": "kl.target", "ppo_gt": "kl.target"}.get(cfg.method.name)
+    meta = {"method": cfg.method.name, "tag": cfg.method.tag,
+            "param": OmegaConf.select(cfg.method, param) if param else None}
     return evaluate_points(cfg, out_dir, method_snapshots(cfg), meta, cfg.seed)

@@ -4,9 +4,11 @@ Runs cfg.pipeline in order; each stage is skipped when its done-marker carries t
 beta sweep trains the shared stages (data, tokenizer, SFT, r*, pairs) once.
 
   python -m pipelines.run                                  # one DPO run of the embedded default
-  python -m pipelines.run -m                               # the preset's beta sweep (make reproduce-sentiment)
+  python -m pipelines.run -m                               # the preset's DPO beta sweep
+  python -m pipelines.run -m method=ppo                    # the preset's PPO sweep (KL targets)
   python -m pipelines.run -m method.beta=0.05,0.1,1,5      # your own sweep
   python -m pipelines.run experiment=sentiment_paper       # paper scale (GPUs, Hub)
+The reward model of PPO is trained on the first PPO run (it is an upstream stage of method=ppo's train stage).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from baselines import ppo, reward_model  # noqa: E402
 from pipelines import data, dpo, evaluate, pairs, reward, sft, tokenizer  # noqa: E402
 from pipelines.common import UserError  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
@@ -29,7 +32,13 @@ from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
 
-TRAINERS = {"dpo": dpo.run}
+TRAINERS = {"dpo": dpo.run, "ppo": ppo.run, "ppo_gt": ppo.run}
+# What each method's training reads besides the SFT policy: DPO the pairs, PPO the learned reward model (trained on
+# those pairs), PPO-GT the ground-truth reward r*.
+TRAIN_INPUTS = {"dpo": ("sft", "pairs"), "ppo": ("data", "sft", "reward_model"), "ppo_gt": ("data", "sft", "reward")}
+# On-policy methods sample prompts and completions themselves, so the prompt and generation settings are theirs.
+TRAIN_KEYS = {"dpo": ("method", "seed")}
+ON_POLICY_KEYS = ("method", "seed", "task.prompt", "task.generation")
 
 
 def _local_file_checksums(cfg: DictConfig) -> dict:
@@ -57,7 +66,10 @@ STAGES = {s.name: s for s in [
           ("data", "sft", "reward"), lambda c: Path(c.paths.sft) / "eval"),
     Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation"), ("data", "sft", "reward"),
           lambda c: Path(c.paths.pairs)),
-    Stage("train", _train, ("method", "seed"), ("sft", "pairs"), lambda c: Path(c.paths.method)),
+    Stage("reward_model", reward_model.run, ("reward_model",), ("sft", "pairs"),
+          lambda c: Path(c.paths.reward_model)),
+    Stage("train", _train, lambda c: TRAIN_KEYS.get(c.method.name, ON_POLICY_KEYS), lambda c: TRAIN_INPUTS[c.method.name],
+          lambda c: Path(c.paths.method)),
     Stage("evaluate", evaluate.run, ("task.eval", "task.prompt", "task.generation", "seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
 ]}

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from pipelines.common import UserError, use_bf16
@@ -36,6 +37,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     s = cfg.model.sft
     tokenizer = load_tokenizer(cfg.paths.tokenizer)
     tokenizer.padding_side = "right"
+    # Seed before the weights are initialised: Trainer seeds only later, and torch's default seed is random per
+    # process, which made from-scratch SFT differ from run to run.
+    set_seed(cfg.shared_seed)
     model = build_policy(cfg.model, tokenizer)
     if s.block_size > context_length(model):
         raise UserError(f"model.sft.block_size={s.block_size} exceeds the model's context {context_length(model)}")

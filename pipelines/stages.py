@@ -31,10 +31,10 @@ class Stage:
     name: str
     # run(cfg, out_dir) -> metrics dict (JSON-serialisable)
     run: Callable[[DictConfig, Path], dict]
-    # Dotted config keys whose values the stage's output depends on.
-    keys: tuple[str, ...]
-    # Upstream stage names; their hashes enter this stage's hash.
-    deps: tuple[str, ...]
+    # Dotted config keys whose values the stage's output depends on (or a function of the config giving them).
+    keys: tuple[str, ...] | Callable[[DictConfig], tuple[str, ...]]
+    # Upstream stage names (or a function of the config giving them); their hashes enter this stage's hash.
+    deps: tuple[str, ...] | Callable[[DictConfig], tuple[str, ...]]
     # Output folder, derived from the config.
     out_dir: Callable[[DictConfig], Path]
     # Extra inputs that are not config values (e.g. checksums of local data files).
@@ -49,7 +49,8 @@ def _select(cfg: DictConfig, key: str):
 
 def config_hash(cfg: DictConfig, stage: Stage, upstream_hashes: dict[str, str]) -> tuple[str, dict]:
     """Hash of what the stage depends on. Returns (hash, the hashed payload)."""
-    payload = {"stage": stage.name, "config": {k: _select(cfg, k) for k in stage.keys},
+    keys = stage.keys(cfg) if callable(stage.keys) else stage.keys
+    payload = {"stage": stage.name, "config": {k: _select(cfg, k) for k in keys},
                "upstream": dict(sorted(upstream_hashes.items()))}
     if stage.fingerprint is not None:
         payload["inputs"] = stage.fingerprint(cfg)
@@ -80,7 +81,8 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
     if name in hashes:
         return hashes[name]
     stage = stages[name]
-    upstream = {dep: run_stage(cfg, stages, dep, hashes) for dep in stage.deps}
+    deps = stage.deps(cfg) if callable(stage.deps) else stage.deps
+    upstream = {dep: run_stage(cfg, stages, dep, hashes) for dep in deps}
     digest, payload = config_hash(cfg, stage, upstream)
     out_dir = Path(stage.out_dir(cfg))
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -60,3 +60,13 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
+
+
+def log_metrics(path: Path, step: int, metrics: dict, wandb_on: bool) -> None:
+    """One record of a hand-written training loop (PPO): metrics.jsonl always, wandb when the stage started a run."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    if wandb_on:
+        import wandb
+
+        wandb.log(metrics, step=step)

@@ -56,6 +56,31 @@ def validate(cfg: DictConfig) -> None:
         need(m.batch_size >= 1, f"method.batch_size must be >= 1, got {m.batch_size}")
         need(m.eval_every >= 1, f"method.eval_every must be >= 1, got {m.eval_every}")
         need(m.epochs > 0 or m.max_steps > 0, "method needs epochs > 0 or max_steps > 0")
+    if m.name in ("ppo", "ppo_gt"):
+        need(m.reward in ("learned", "gt"), f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
+        need(m.total_steps >= 1, f"method.total_steps must be >= 1, got {m.total_steps}")
+        need(m.batch_size >= 2, f"method.batch_size must be >= 2 (advantages are whitened over it), got "
+                                f"{m.batch_size}")
+        need(1 <= m.minibatch_size <= m.batch_size and m.batch_size % m.minibatch_size == 0,
+             f"method.minibatch_size ({m.minibatch_size}) must divide method.batch_size ({m.batch_size})")
+        need(1 <= m.micro_batch_size <= m.minibatch_size,
+             f"method.micro_batch_size ({m.micro_batch_size}) must be in 1..minibatch_size ({m.minibatch_size})")
+        need(m.ppo_epochs >= 1, f"method.ppo_epochs must be >= 1, got {m.ppo_epochs}")
+        need(m.learning_rate > 0 and m.value_learning_rate > 0, "method.learning_rate and value_learning_rate "
+                                                               "must be > 0")
+        need(0 < m.lam <= 1 and 0 < m.gamma <= 1, f"method.gamma and method.lam must be in (0, 1], got "
+                                                  f"{m.gamma}, {m.lam}")
+        need(m.clip_range > 0 and m.clip_range_value > 0, "method.clip_range and clip_range_value must be > 0")
+        need(m.kl.init_coef >= 0, f"method.kl.init_coef must be >= 0, got {m.kl.init_coef}")
+        need(m.kl.target is None or m.kl.target > 0, f"method.kl.target must be > 0 or null, got {m.kl.target}")
+        need(m.kl.target is None or m.kl.init_coef > 0, "method.kl.init_coef must be > 0 with an adaptive target "
+                                                       "(the controller scales it)")
+        need(m.kl.horizon > 0, f"method.kl.horizon must be > 0, got {m.kl.horizon}")
+        need(m.ref_ema_decay is None or 0 < m.ref_ema_decay < 1,
+             f"method.ref_ema_decay must be in (0, 1) or null, got {m.ref_ema_decay}")
+        need(m.eval_every >= 1 and m.save_steps >= 1, "method.eval_every and method.save_steps must be >= 1")
+        need(not m.normalize_scores or m.score_norm_samples >= 2,
+             "method.score_norm_samples must be >= 2 when normalize_scores is on")
     need(cfg.wandb.mode in WANDB_MODES, f"wandb.mode must be one of {WANDB_MODES}, got '{cfg.wandb.mode}'")
     need(bool(cfg.preset), "preset must be a non-empty name")
     if problems:

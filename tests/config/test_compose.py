@@ -24,11 +24,25 @@ def test_every_combination_composes(task, model, method, experiment):
     assert Path(cfg.paths.method).parts[-3:] == (cfg.preset, f"seed{cfg.seed}", cfg.method.tag)
 
 
-@pytest.mark.parametrize("experiment", [e for e in group("experiment") if e != "smoke"])
-def test_presets_declare_a_beta_sweep(experiment):
-    cfg = compose_cfg([f"experiment={experiment}"], hydra_node=True)
-    betas = [float(b) for b in str(cfg.hydra.sweeper.params["method.beta"]).split(",")]
-    assert len(betas) >= 4 and all(b > 0 for b in betas)
+SWEPT = {"dpo": "method.beta", "ppo": "method.kl.target", "ppo_gt": "method.kl.target"}
+
+
+@pytest.mark.parametrize("experiment,method", list(itertools.product(
+    [e for e in group("experiment") if e != "smoke"], sorted(SWEPT))))
+def test_presets_declare_each_methods_sweep(experiment, method):
+    """`python -m pipelines.run -m method=<m>` sweeps the preset's grid of that method, and only its own key."""
+    cfg = compose_cfg([f"experiment={experiment}", f"method={method}"], hydra_node=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert list(params) == [SWEPT[method]]
+    values = [float(v) for v in str(params[SWEPT[method]]).split(",")]
+    assert len(values) >= 3 and all(v > 0 for v in values)
+
+
+def test_ppo_gt_differs_from_ppo_only_in_its_reward():
+    for experiment in group("experiment"):
+        ppo = OmegaConf.to_container(compose_cfg([f"experiment={experiment}", "method=ppo"]).method, resolve=True)
+        gt = OmegaConf.to_container(compose_cfg([f"experiment={experiment}", "method=ppo_gt"]).method, resolve=True)
+        assert {k for k in ppo if ppo[k] != gt[k]} == {"name", "tag", "reward"}, experiment
 
 
 def test_paper_preset_names_the_papers_models_and_grid():
@@ -39,6 +53,10 @@ def test_paper_preset_names_the_papers_models_and_grid():
     assert cfg.task.pairs.n_prompts == 25000 and cfg.task.pairs.samples_per_prompt == 4
     assert cfg.method.learning_rate == 1e-6 and cfg.method.optimizer == "rmsprop" and cfg.method.batch_size == 64
     assert cfg.hydra.sweeper.params["method.beta"] == "0.05,0.1,1,5"
+    ppo = compose_cfg(["experiment=sentiment_paper", "method=ppo"], hydra_node=True)
+    assert ppo.hydra.sweeper.params["method.kl.target"] == "3,6,9,12"
+    assert ppo.method.batch_size == 1024 and ppo.method.normalize_scores and ppo.method.reward == "learned"
+    assert ppo.reward_model.epochs == 3
 
 
 @pytest.mark.parametrize("override,message", [
@@ -52,10 +70,15 @@ def test_paper_preset_names_the_papers_models_and_grid():
     ("task.prompt.min_tokens=9", "min_tokens <= max_tokens"),
     ("task.generation.max_new_tokens=500", "exceed the model context"),
     ("wandb.mode=sometimes", "wandb.mode must be one of"),
+    ("method=ppo method.minibatch_size=48", "must divide method.batch_size"),
+    ("method=ppo method.kl.target=-1", "method.kl.target must be > 0"),
+    ("method=ppo_gt method.lam=0", "method.gamma and method.lam must be in"),
+    ("method=ppo method.reward=oracle", "method.reward must be 'learned' or 'gt'"),
+    ("method=ppo method.ref_ema_decay=1.5", "ref_ema_decay must be in"),
 ])
 def test_bad_values_are_refused(override, message):
     with pytest.raises(UserError, match=message):
-        validate(compose_cfg(["experiment=sentiment_embedded", override]))
+        validate(compose_cfg(["experiment=sentiment_embedded", *override.split()]))
 
 
 def test_all_problems_reported_at_once():

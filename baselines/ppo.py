@@ -1,0 +1,362 @@
+"""PPO for RLHF (Ziegler et al. 2019; details after Huang et al. 2024), written here because TRL >= 1.13 has none.
+
+One step: sample completions from the current policy for a batch of prompts (full distribution, no EOS masking),
+score them (learned reward model, or r* for PPO-GT: any `scorer(prompts, completions) -> list[float]`), shape
+the reward with a per-token KL penalty to the frozen reference (= SFT), estimate advantages with GAE, and take a
+few epochs of clipped policy and value updates on minibatches. The numerics live in `ppo_math`.
+
+Design choices (all in conf/method/ppo.yaml):
+- The value model is a separate network (SFT trunk + a scalar head), not a head on the policy: value regression
+  then cannot pull the policy's features, and the policy/value learning rates are independent. It costs one more
+  forward/backward per token; at paper scale it doubles the trainable memory (the main reason for shared trunks).
+- Dropout is off in every model (eval mode throughout); rollout and update compute the same function.
+- Scores are normalised with a fixed mean/std measured on SFT samples before training, so one KL coefficient
+  means the same thing for rewards of any scale.
+
+Stage: reads sft/policy, data/ (train prefixes), reward_model/ (learned) or reward/ (r*). Writes snapshots/step*/
+(frontier points), policy/, last/ (resume checkpoint), metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoModel
+
+from baselines import ppo_math as pm
+from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl
+from pipelines.data import load_split
+from pipelines.models import load_policy, load_tokenizer
+from pipelines.prompts import make_prefixes
+from pipelines.sampling import batch_seed, sample_completions
+from pipelines.tracking import finish_wandb, log_metrics, trainer_report_to
+
+log = logging.getLogger(__name__)
+
+
+class ValueModel(torch.nn.Module):
+    """V(s_t) for every position: a transformer trunk (loaded from the SFT policy) + a linear head (zero-init, so
+    the first value estimates are 0 and the first advantages are the returns themselves)."""
+
+    def __init__(self, trunk: torch.nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.head = torch.nn.Linear(trunk.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ValueModel":
+        """From a causal-LM folder (the SFT policy: fresh head) or a folder saved by `save` (head restored)."""
+        trunk = AutoModel.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False)
+        model = cls(trunk)
+        head = Path(folder) / "value_head.safetensors"
+        if head.exists():
+            model.head.load_state_dict(load_file(str(head)))
+        return model.eval()
+
+    def save(self, folder: Path) -> None:
+        self.trunk.save_pretrained(str(folder), safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / "value_head.safetensors"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class Batch:
+    """A rollout batch, right-padded. ids/attn (B, W): prompt + completion; positions (B, T): index of the state
+    that emits completion token t (the previous position); mask (B, T): True = real completion token."""
+    ids: torch.Tensor
+    attn: torch.Tensor
+    positions: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> "Batch":
+        return Batch(*(t[index] for t in (self.ids, self.attn, self.positions, self.tokens, self.mask)))
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device) -> Batch:
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    T = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    positions = torch.zeros((len(seqs), T), dtype=torch.long)
+    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, :len(p) + len(c)] = 1
+        positions[i, :len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c))
+        tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, :len(c)] = True
+    return Batch(ids.to(device), attn.to(device), positions.to(device), tokens.to(device), mask.to(device))
+
+
+def token_logprobs(model, b: Batch, with_entropy: bool = False):
+    """log pi(a_t | s_t) of the completion tokens, (B, T) float32; optionally the per-token entropy too."""
+    logits = model(input_ids=b.ids, attention_mask=b.attn).logits
+    logits = logits.gather(1, b.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logps = logp_all.gather(-1, b.tokens.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return logps
+    return logps, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def token_values(value_model: ValueModel, b: Batch) -> torch.Tensor:
+    return value_model(b.ids, b.attn).gather(1, b.positions)
+
+
+class PPO:
+    """The PPO learner: policy, value model, frozen (or EMA) reference, their optimisers and the KL controller.
+    `step(step_index, prompts)` does one rollout + update; everything it needs to resume is in `state_dict()`."""
+
+    def __init__(self, policy, ref, value_model: ValueModel, scorer, args: DictConfig, eos_id: int, pad_id: int,
+                 max_new_tokens: int, seed: int, generation_batch_size: int = 64, temperature: float = 1.0):
+        self.policy, self.ref, self.value_model, self.scorer, self.a = policy, ref, value_model, scorer, args
+        self.eos_id, self.pad_id, self.max_new_tokens, self.seed = eos_id, pad_id, max_new_tokens, seed
+        self.generation_batch_size, self.temperature = generation_batch_size, temperature
+        for model in (policy, ref, value_model):
+            model.eval()  # dropout off everywhere (gradients still flow in eval mode)
+        ref.requires_grad_(False)
+        # Adam eps 1e-5 as in the reference PPO implementations (Huang et al. 2024).
+        self.policy_opt = torch.optim.Adam(policy.parameters(), lr=args.learning_rate, eps=1e-5)
+        self.value_opt = torch.optim.Adam(value_model.parameters(), lr=args.value_learning_rate, eps=1e-5)
+        kl = args.kl
+        self.kl_ctl = pm.AdaptiveKLController(kl.init_coef, kl.target, kl.horizon) if kl.target is not None \
+            else pm.FixedKLController(kl.init_coef)
+        # Fixed score normalisation (set by `fit_score_normalisation`, or identity when switched off).
+        self.score_mean, self.score_std = 0.0, 1.0
+        self.device = next(policy.parameters()).device
+
+    # -- rollout helpers --------------------------------------------------------------------------------------
+    def sample(self, prompts: list[list[int]], tag: str) -> list[list[int]]:
+        return sample_completions(self.policy, prompts, max_new_tokens=self.max_new_tokens, eos_id=self.eos_id,
+                                  pad_id=self.pad_id, batch_size=self.generation_batch_size, seed=self.seed,
+                                  tag=tag, temperature=self.temperature)
+
+    def raw_scores(self, prompts, completions) -> torch.Tensor:
+        scores = torch.tensor(self.scorer(prompts, completions), dtype=torch.float32, device=self.device)
+        if self.a.missing_eos_penalty is not None:
+            # Huang et al. 2024: a completion cut at the length limit gets a fixed low score instead.
+            no_eos = torch.tensor([len(c) == 0 or c[-1] != self.eos_id for c in completions], device=self.device)
+            scores = torch.where(no_eos, torch.full_like(scores, float(self.a.missing_eos_penalty)), scores)
+        return scores
+
+    def fit_score_normalisation(self, prompts: list[list[int]]) -> None:
+        """Mean and std of the scores of SFT (= initial policy) samples; scores are then (s - mean) / std."""
+        scores = self.raw_scores(prompts, self.sample(prompts, "ppo/score_norm"))
+        self.score_mean, self.score_std = float(scores.mean()), float(scores.std().clamp(min=1e-6))
+        log.info("ppo: score normalisation from %d SFT samples: mean %.4f, std %.4f", len(prompts),
+                 self.score_mean, self.score_std)
+
+    @torch.no_grad()
+    def _forward_in_chunks(self, b: Batch):
+        """Rollout-time quantities in micro-batches: old log-probs, entropies, reference log-probs, values."""
+        out = {"logprobs": [], "entropy": [], "ref_logprobs": [], "values": []}
+        n = b.ids.shape[0]
+        for s in range(0, n, self.a.micro_batch_size):
+            mb = b.rows(torch.arange(s, min(n, s + self.a.micro_batch_size), device=self.device))
+            lp, ent = token_logprobs(self.policy, mb, with_entropy=True)
+            out["logprobs"].append(lp)
+            out["entropy"].append(ent)
+            out["ref_logprobs"].append(token_logprobs(self.ref, mb))
+            out["values"].append(token_values(self.value_model, mb))
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    # -- one PPO step ---------------------------------------------------------------------------------------
+    def step(self, step_index: int, prompts: list[list[int]]) -> dict:
+        a = self.a
+        t0 = time.time()
+        # 1. rollout: completions from the current policy's full distribution
+        completions = self.sample(prompts, f"ppo/rollout/{step_index}")
+        b = pack(prompts, completions, self.pad_id, self.device)
+        t_rollout = time.time() - t0
+        # 2. score: r_phi or r*, then the fixed normalisation
+        raw = self.raw_scores(prompts, completions)
+        scores = (raw - self.score_mean) / self.score_std if a.normalize_scores else raw
+        # 3. old log-probs, reference log-probs, values; KL-shaped per-token rewards
+        fwd = self._forward_in_chunks(b)
+        mask = b.mask
+        rewards, kl = pm.kl_shaped_rewards(scores, fwd["logprobs"], fwd["ref_logprobs"], mask, self.kl_ctl.value)
+        # 4. GAE; advantages whitened over the batch's real tokens
+        advantages, returns = pm.gae(rewards, fwd["values"], mask, a.gamma, a.lam)
+        if a.whiten_advantages:
+            advantages = pm.whiten(advantages, mask)
+        # 5. PPO epochs over shuffled minibatches (gradient accumulated over micro-batches)
+        n = len(prompts)
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, "ppo/minibatches", step_index))
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac",
+                                                         "approxkl")}
+        for _ in range(a.ppo_epochs):
+            order = torch.randperm(n, generator=gen).to(self.device)
+            for start in range(0, n, a.minibatch_size):
+                mb_rows = order[start:start + a.minibatch_size]
+                mb_tokens = mask[mb_rows].sum().clamp(min=1)
+                self.policy_opt.zero_grad(set_to_none=True)
+                self.value_opt.zero_grad(set_to_none=True)
+                for ms in range(0, len(mb_rows), a.micro_batch_size):
+                    rows = mb_rows[ms:ms + a.micro_batch_size]
+                    mb, mb_mask = b.rows(rows), mask[rows]
+                    # Token-weighted: each micro-batch's mean scaled by its share of the minibatch's tokens.
+                    weight = mb_mask.sum() / mb_tokens
+                    new_logps = token_logprobs(self.policy, mb)
+                    pg_loss, pg_stats = pm.policy_loss(new_logps, fwd["logprobs"][rows], advantages[rows], mb_mask,
+                                                       a.clip_range)
+                    new_values = token_values(self.value_model, mb)
+                    vf_loss, vf_stats = pm.value_loss(new_values, fwd["values"][rows], returns[rows], mb_mask,
+                                                      a.clip_range_value)
+                    (weight * (pg_loss + a.vf_coef * vf_loss)).backward()
+                    for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", pg_stats["clipfrac"]),
+                                 ("vf_clipfrac", vf_stats["clipfrac"]), ("approxkl", pg_stats["approxkl"])):
+                        stats[k].append(float(v.detach()))
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), a.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), a.max_grad_norm)
+                self.policy_opt.step()
+                self.value_opt.step()
+        # 6. KL controller and (optionally) the EMA reference
+        seq_kl = float(kl.sum(1).mean())
+        kl_coef = self.kl_ctl.value
+        self.kl_ctl.update(seq_kl, n)
+        if a.ref_ema_decay is not None:
+            pm.ema_update(self.ref, self.policy, a.ref_ema_decay)
+        # 7. metrics (TRL key names)
+        non_score = float((-kl_coef * kl).sum(1).mean())
+        lengths = mask.sum(1).float()
+        mean = lambda k: sum(stats[k]) / max(1, len(stats[k]))  # noqa: E731
+        return {
+            "objective/kl": seq_kl, "objective/kl_coef": kl_coef, "objective/scores": float(raw.mean()),
+            "objective/scores_normalized": float(scores.mean()), "objective/non_score_reward": non_score,
+            "objective/rlhf_reward": float(scores.mean()) + non_score,
+            "objective/entropy": float((fwd["entropy"] * mask).sum(1).mean()),
+            "policy/approxkl": mean("approxkl"), "policy/clipfrac": mean("pg_clipfrac"),
+            "loss/policy": mean("pg_loss"), "loss/value": mean("vf_loss"), "val/clipfrac": mean("vf_clipfrac"),
+            "val/mean": float(pm.masked_mean(fwd["values"], mask)),
+            "val/explained_variance": float(1 - pm.masked_var(returns - fwd["values"], mask)
+                                            / pm.masked_var(returns, mask).clamp(min=1e-8)),
+            "rollout/mean_length": float(lengths.mean()),
+            "rollout/eos_rate": sum(len(c) > 0 and c[-1] == self.eos_id for c in completions) / n,
+            "time/rollout_s": t_rollout, "time/step_s": time.time() - t0}
+
+    # -- resume ---------------------------------------------------------------------------------------------
+    def save(self, folder: Path, step: int) -> None:
+        """Everything needed to continue exactly: weights, optimisers, KL coefficient, normalisation, RNG, step."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(str(folder / "policy"), safe_serialization=True)
+        self.value_model.save(folder / "value")
+        if self.a.ref_ema_decay is not None:
+            self.ref.save_pretrained(str(folder / "ref"), safe_serialization=True)
+        torch.save({"policy_opt": self.policy_opt.state_dict(), "value_opt": self.value_opt.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, folder / "optimizers.pt")
+        atomic_write_json(folder / "state.json", {"step": step, "kl_coef": self.kl_ctl.value,
+                                                  "score_mean": self.score_mean, "score_std": self.score_std})
+
+    def load(self, folder: Path) -> int:
+        """Restore from `save`; returns the number of finished steps. Weights were loaded by the caller."""
+        blob = torch.load(folder / "optimizers.pt", weights_only=True, map_location=self.device)
+        self.policy_opt.load_state_dict(blob["policy_opt"])
+        self.value_opt.load_state_dict(blob["value_opt"])
+        torch.set_rng_state(blob["torch_rng"].cpu())
+        state = json.loads((folder / "state.json").read_text())
+        self.kl_ctl.value = state["kl_coef"]
+        self.score_mean, self.score_std = state["score_mean"], state["score_std"]
+        return int(state["step"])
+
+
+def text_scorer(reward, tokenizer):
+    """Adapt a text reward (r*: TF-IDF model or a classifier with its own tokenizer) to the scorer interface."""
+    def score(prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+        return list(reward(tokenizer.batch_decode([p + c for p, c in zip(prompts, completions)],
+                                                  skip_special_tokens=True)))
+    return score
+
+
+def _prompt_stream(prompts: list[list[int]], batch_size: int, seed: int, step: int) -> list[list[int]]:
+    """Prompts of step `step`: passes over a seeded permutation of the pool, a pure function of (seed, step)."""
+    n = len(prompts)
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(k, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(batch_seed(seed, "ppo/prompts", epoch)))
+        out.append(prompts[int(order[i])])
+    return out
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    m, g = cfg.method, cfg.task.generation
+    device = pick_device(cfg.device)
+    sft_dir = Path(cfg.paths.sft) / "policy"
+    tokenizer = load_tokenizer(sft_dir)
+    if m.reward == "learned":
+        from baselines.reward_model import load_scorer
+        scorer = load_scorer(cfg, device)
+    elif m.reward == "gt":
+        from pipelines.reward import load_reward
+        scorer = text_scorer(load_reward(cfg), tokenizer)
+    else:
+        raise UserError(f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
+    pool = [x["prompt_ids"] for x in make_prefixes(
+        load_split(cfg.paths.data, "train"), tokenizer, m.n_prompts, cfg.task.prompt.min_tokens,
+        cfg.task.prompt.max_tokens, cfg.shared_seed, "train")]
+    last = out_dir / "last"
+    start_dir = last if (last / "state.json").exists() else None
+    policy = load_policy(start_dir / "policy" if start_dir else sft_dir, device)
+    ref = load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, device)
+    value_model = ValueModel.load(start_dir / "value" if start_dir else sft_dir).to(device)
+    ppo = PPO(policy, ref, value_model, scorer, m, tokenizer.eos_token_id, tokenizer.pad_token_id,
+              g.max_new_tokens, cfg.seed, g.batch_size, g.temperature)
+    metrics_path = out_dir / "metrics.jsonl"
+    if start_dir:
+        start = ppo.load(start_dir)
+        log.info("ppo: resuming after step %d", start)
+        # Drop what was logged or snapshotted after the checkpoint; those steps are redone.
+        kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start] if metrics_path.exists() else []
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        for snap in (out_dir / "snapshots").glob("step*"):
+            if int(snap.name[4:]) > start:
+                shutil.rmtree(snap)
+    else:
+        start = 0
+        metrics_path.unlink(missing_ok=True)
+        if m.normalize_scores:
+            ppo.fit_score_normalisation(_prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0))
+    report_to = trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}")
+    t0, last_row = time.time(), {}
+    for step in tqdm(range(start, m.total_steps), desc=f"{m.tag}", initial=start, total=m.total_steps):
+        row = ppo.step(step, _prompt_stream(pool, m.batch_size, cfg.seed, step))
+        done = step + 1
+        log_metrics(metrics_path, done, row, wandb_on=bool(report_to))
+        last_row = row
+        if done % m.eval_every == 0 or done == m.total_steps:
+            target = out_dir / "snapshots" / f"step{done:06d}"
+            if not target.exists():
+                policy.save_pretrained(str(target), safe_serialization=True)
+        if done % m.save_steps == 0 or done == m.total_steps:
+            tmp = out_dir / "last.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            ppo.save(tmp, done)
+            shutil.rmtree(last, ignore_errors=True)
+            tmp.rename(last)
+    policy.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir / "policy"))
+    shutil.rmtree(last, ignore_errors=True)  # optimiser state is not needed once done
+    finish_wandb()
+    rows = read_jsonl(metrics_path)
+    steps_timed = [r["time/step_s"] for r in rows]
+    return {"steps": m.total_steps, "resumed_from": start, "final_kl": round(last_row.get("objective/kl", 0.0), 4),
+            "final_kl_coef": round(last_row.get("objective/kl_coef", 0.0), 5),
+            "final_scores": round(last_row.get("objective/scores", 0.0), 4),
+            "score_mean": ppo.score_mean, "score_std": ppo.score_std,
+            "seconds_per_step": round(sum(steps_timed) / max(1, len(steps_timed)), 4),
+            "wall_time_loop_s": round(time.time() - t0, 2)}

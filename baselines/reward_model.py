@@ -1,0 +1,121 @@
+"""Learned reward model r_phi for the RLHF baseline: TRL's RewardTrainer (Bradley-Terry loss) on the same
+preference pairs DPO trains on, initialised from the SFT policy's trunk with a fresh scalar head.
+
+Pairs are split by prompt (all pairs of a held-out prefix are held out), so the held-out accuracy measures
+generalisation to new prefixes, not to re-ordered pairs of seen samples. The checkpoint with the best held-out
+accuracy is kept (paper: gpt2-large, 3 epochs, best validation checkpoint, > 90 %).
+Reads sft/policy, pairs/. Writes model/ (safetensors + tokenizer), metrics.jsonl."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from omegaconf import DictConfig
+from transformers import AutoModelForSequenceClassification, set_seed
+from trl import RewardConfig, RewardTrainer
+
+from pipelines.common import UserError, pick_device, read_jsonl, use_bf16
+from pipelines.models import load_tokenizer
+from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
+
+log = logging.getLogger(__name__)
+
+
+def held_out(prompt_ids: list[int], fraction: float) -> bool:
+    """Deterministic prompt-level split: the same prefix always falls on the same side."""
+    digest = hashlib.sha256(",".join(map(str, prompt_ids)).encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def pair_datasets(pairs_dir: Path, eval_fraction: float) -> tuple[Dataset, Dataset]:
+    """(train, eval) datasets of full sequences prompt + completion, as token ids (the sampled ones, unchanged)."""
+    rows = read_jsonl(Path(pairs_dir) / "pairs.jsonl")
+    split: dict[bool, dict[str, list]] = {False: {"chosen_ids": [], "rejected_ids": []},
+                                          True: {"chosen_ids": [], "rejected_ids": []}}
+    for r in rows:
+        side = split[held_out(r["prompt_ids"], eval_fraction)]
+        side["chosen_ids"].append(r["prompt_ids"] + r["chosen_ids"])
+        side["rejected_ids"].append(r["prompt_ids"] + r["rejected_ids"])
+    if not split[False]["chosen_ids"] or not split[True]["chosen_ids"]:
+        raise UserError(f"reward model: {len(rows)} pairs leave an empty train or held-out split "
+                        "(eval_fraction too small or too few prompts in task.pairs)")
+    return Dataset.from_dict(split[False]), Dataset.from_dict(split[True])
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    r = cfg.reward_model
+    sft_dir = Path(cfg.paths.sft) / "policy"
+    tokenizer = load_tokenizer(sft_dir)
+    train, held = pair_datasets(cfg.paths.pairs, r.eval_fraction)
+    set_seed(cfg.shared_seed)  # the new scalar head is initialised from the global RNG
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(sft_dir), num_labels=1, use_safetensors=True, trust_remote_code=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    steps_per_epoch = -(-len(train) // r.batch_size)
+    args = RewardConfig(
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=r.epochs, learning_rate=r.learning_rate,
+        per_device_train_batch_size=r.batch_size, per_device_eval_batch_size=r.batch_size,
+        lr_scheduler_type="linear", warmup_steps=r.warmup_ratio, weight_decay=0.0, logging_steps=10,
+        # Evaluate and checkpoint together, so the best held-out checkpoint can be restored at the end.
+        eval_strategy="steps", eval_steps=r.eval_every, save_strategy="steps", save_steps=r.eval_every,
+        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
+        greater_is_better=True, max_length=None, bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
+        report_to=trainer_report_to(cfg, out_dir, f"reward_model-{cfg.model.name}"), seed=cfg.shared_seed,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=held,
+                            processing_class=tokenizer, callbacks=[JsonlMetrics(out_dir / "metrics.jsonl")])
+    resume = latest_checkpoint(out_dir / "checkpoints")
+    if resume:
+        log.info("reward model: resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = trainer.evaluate()  # of the restored best checkpoint
+    trainer.model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir / "model"))
+    # Pair-exact held-out accuracy with the scorer PPO will use (the trainer's is a mean of per-batch means).
+    scorer = RewardModelScorer(out_dir / "model", pick_device(cfg.device), r.batch_size)
+    prompts = [[] for _ in range(len(held))]
+    chosen, rejected = scorer(prompts, held["chosen_ids"]), scorer(prompts, held["rejected_ids"])
+    accuracy = sum(c > j for c, j in zip(chosen, rejected)) / len(held)
+    best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1]) \
+        if trainer.state.best_model_checkpoint else result.global_step
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    finish_wandb()
+    log.info("reward model: held-out accuracy %.4f (best checkpoint, step %d)", accuracy, best_step)
+    return {"eval_accuracy": round(accuracy, 4), "eval_margin": round(final["eval_margin"], 4),
+            "best_step": best_step, "steps": result.global_step, "steps_per_epoch": steps_per_epoch,
+            "n_train_pairs": len(train), "n_eval_pairs": len(held), "train_loss": round(result.training_loss, 4)}
+
+
+class RewardModelScorer:
+    """r_phi(x, y) on token ids: the scalar head at the last non-pad token, exactly as RewardTrainer trained it."""
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 64):
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), use_safetensors=True, trust_remote_code=False).to(device).eval()
+        self.pad_id = self.model.config.pad_token_id
+        self.device, self.batch_size = device, batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            seqs = [p + c for p, c in zip(prompts[start:start + self.batch_size],
+                                          completions[start:start + self.batch_size])]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(seqs):  # right padding, as the RewardTrainer collator pads
+                ids[i, :len(s)] = torch.tensor(s)
+                mask[i, :len(s)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            out += logits[:, 0].float().tolist()
+        return out
+
+
+def load_scorer(cfg: DictConfig, device=None) -> RewardModelScorer:
+    return RewardModelScorer(Path(cfg.paths.reward_model) / "model", device or pick_device(cfg.device),
+                             cfg.task.generation.batch_size)
