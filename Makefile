@@ -10,6 +10,8 @@ PYTHON ?= python3
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
 # Extra Hydra overrides for the reproduce targets, e.g. ARGS="wandb.mode=online"
 ARGS ?=
+# Methods the reproduce targets sweep, each over its preset grid (conf/method_preset/<experiment>/<method>.yaml)
+METHODS ?= dpo ppo ppo_gt
 
 .PHONY: help venv reproduce-sentiment reproduce-sentiment-paper analyze-sentiment test test-all bench clean-runs
 
@@ -25,12 +27,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)
 
-reproduce-sentiment: $(VENV)/.installed ## embedded default: data, SFT, r*, pairs, DPO beta sweep, frontier (CPU, ~30 min)
-	$(PY) -m pipelines.run --multirun experiment=sentiment_embedded $(ARGS)
+reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, DPO, reward model, PPO, PPO-GT sweeps, frontier (CPU)
+	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_embedded method=$$m $(ARGS) || exit 1; done
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"
 
 reproduce-sentiment-paper: $(VENV)/.installed ## paper scale (gpt2-large, IMDb, siebert; GPUs and Hub access needed)
-	$(PY) -m pipelines.run --multirun experiment=sentiment_paper $(ARGS)
+	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_paper method=$$m $(ARGS) || exit 1; done
 	$(PY) -m analysis.frontier --task sentiment --preset paper --command "make reproduce-sentiment-paper"
 
 analyze-sentiment: $(VENV)/.installed ## rebuild frontier.csv/png and summary.md from finished runs

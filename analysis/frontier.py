@@ -155,7 +155,7 @@ def matched_kl(df: pd.DataFrame) -> list[str]:
     sft = df[df.method == "sft"]
     methods = [m for m in ("dpo", "ppo", "ppo_gt") if m in set(df.method)] + \
         sorted(set(df.method) - {"sft", "dpo", "ppo", "ppo_gt"})
-    if len(methods) < 2:
+    if not methods:
         return []
     lines = ["## Methods at matched KL", "",
              "Best r* among each method's evaluated checkpoints with KL ≤ budget (± one s.e.; the point's KL in "

@@ -1,4 +1,5 @@
-"""The whole chain at smoke scale through the real entry points: a Hydra multirun over beta, then the analysis."""
+"""The whole chain at smoke scale through the real entry points: Hydra multiruns of DPO over beta and of PPO and
+PPO-GT over KL targets (what `make reproduce-sentiment` runs), then the analysis."""
 import os
 import subprocess
 import sys
@@ -26,10 +27,13 @@ def smoke_run(tmp_path_factory):
               f"hydra.sweep.dir={tmp}/multirun"]
     sweep = run(["-m", "pipelines.run", "-m", *common, "method.beta=0.1,1.0"], tmp)
     again = run(["-m", "pipelines.run", *common, "method.beta=1.0", f"hydra.run.dir={tmp}/single"], tmp)
+    ppo = run(["-m", "pipelines.run", "-m", *common, "method=ppo", "method.kl.target=1,3"], tmp)
+    run(["-m", "pipelines.run", "-m", *common, "method=ppo_gt", "method.kl.target=3"], tmp)
     out = tmp / "results"
     analysis = run(["-m", "analysis.frontier", "--runs", str(tmp / "runs"), "--preset", "smoke", "--out", str(out),
                     "--command", "pytest smoke"], tmp)
-    return {"tmp": tmp, "sweep": sweep, "again": again, "analysis": analysis, "out": out / "sentiment" / "smoke",
+    return {"tmp": tmp, "sweep": sweep, "again": again, "ppo": ppo, "analysis": analysis,
+            "out": out / "sentiment" / "smoke",
             "common": common}
 
 
@@ -46,8 +50,19 @@ def test_frontier_is_written_and_sane(smoke_run):
     assert (dpo.kl_se > 0).all()
     assert (smoke_run["out"] / "frontier.png").stat().st_size > 10_000
     summary = (smoke_run["out"] / "summary.md").read_text()
-    for needle in ("pytest smoke", "held-out perplexity", "Prefix 1", "dpo β=0.1", "**total**", "git SHA"):
+    for needle in ("pytest smoke", "held-out perplexity", "Prefix 1", "dpo β=0.1", "**total**", "git SHA",
+                   "ppo KL target=3", "ppo_gt KL target=3", "## Methods at matched KL", "| KL ≤ | dpo | ppo | ppo_gt |",
+                   "held-out pairwise accuracy", "## Seconds per training step", "| ppo | 2 |", "| dpo | 2 |"):
         assert needle in summary
+    for method, params in (("ppo", [1.0, 3.0]), ("ppo_gt", [3.0])):
+        points = df[df.method == method]
+        assert sorted(points.param.unique()) == params and sorted(points.step.unique()) == [2, 4]
+
+
+def test_ppo_sweep_reuses_the_shared_stages_and_trains_one_reward_model(smoke_run):
+    log = smoke_run["ppo"].stdout + smoke_run["ppo"].stderr
+    assert log.count("stage reward_model running") == 1
+    assert "stage sft       done, skipped" in log and "stage sft       running" not in log
 
 
 def test_sweep_trains_shared_stages_once(smoke_run):

@@ -33,22 +33,40 @@ def local_models(tmp_path_factory):
     return root
 
 
-def test_paper_preset_runs_on_local_stand_ins(local_models, tmp_path):
+def paper_cfg(local_models, tmp_path, *extra):
     # IMDb's schema: text + label (0 = neg, 1 = pos)
     data = tmp_path / "imdb_like.parquet"
     pd.DataFrame(review_rows(80)).to_parquet(data)
-    cfg = compose_cfg(["experiment=sentiment_paper", f"model.pretrained={local_models / 'gpt2-tiny'}",
-                       "model.sft.block_size=32", "model.sft.batch_size=8", "task.data.source=local",
-                       f"task.data.local_files={data}", f"task.reward.hf_id={local_models / 'siebert-tiny'}",
-                       "task.pairs.n_prompts=8", "task.eval.n_prompts=8", "task.generation.max_new_tokens=6",
-                       "method.max_steps=2", "method.eval_every=1", "method.batch_size=4", "wandb.mode=disabled",
-                       f"paths.root={tmp_path / 'runs'}"])
+    return compose_cfg(["experiment=sentiment_paper", f"model.pretrained={local_models / 'gpt2-tiny'}",
+                        "model.sft.block_size=32", "model.sft.batch_size=8", "task.data.source=local",
+                        f"task.data.local_files={data}", f"task.reward.hf_id={local_models / 'siebert-tiny'}",
+                        "task.pairs.n_prompts=8", "task.eval.n_prompts=8", "task.generation.max_new_tokens=6",
+                        "wandb.mode=disabled", f"paths.root={tmp_path / 'runs'}", *extra])
+
+
+def test_paper_preset_runs_on_local_stand_ins(local_models, tmp_path):
+    cfg = paper_cfg(local_models, tmp_path, "method.max_steps=2", "method.eval_every=1", "method.batch_size=4")
     run_pipeline(cfg)
     evals = sorted(Path(cfg.paths.method, "eval").glob("step*.json"))
     assert [p.name for p in evals] == ["step000001.json", "step000002.json"]
     import json
     reward_metrics = json.loads(Path(cfg.paths.reward, "done.json").read_text())["metrics"]
     assert reward_metrics["kind"] == "hf_classifier" and 0 <= reward_metrics["test_accuracy"] <= 1
+
+
+def test_paper_ppo_gt_with_a_classifier_that_has_its_own_tokenizer(local_models, tmp_path):
+    """PPO-GT scores with r* = the (stand-in) siebert classifier: text decoded from the policy's ids and
+    re-tokenised by the classifier's own tokenizer."""
+    cfg = paper_cfg(local_models, tmp_path, "method=ppo_gt", "method.total_steps=2", "method.batch_size=4",
+                    "method.minibatch_size=2", "method.micro_batch_size=2", "method.score_norm_samples=4",
+                    "method.n_prompts=8", "method.eval_every=1", "method.save_steps=1")
+    run_pipeline(cfg)
+    import json
+    metrics = [json.loads(x) for x in Path(cfg.paths.method, "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(0 <= m["objective/scores"] <= 1 for m in metrics)  # p(POSITIVE) of the classifier
+    assert sorted(p.name for p in Path(cfg.paths.method, "eval").glob("step*.json")) == \
+        ["step000001.json", "step000002.json"]
 
 
 def test_classifier_reward_checks_its_label(local_models):

@@ -21,5 +21,19 @@ def test_reading_counts_runs_above_sft_and_best_within_budget():
     text = "\n".join(reading(table()))
     # final checkpoints: beta 0.1 -> 0.58 (above), beta 1 -> 0.51 (not: 0.01 < 2 * 0.0141), beta 0.05 -> 0.70
     assert "2 of 3 runs end with r* above SFT's" in text
-    assert "best r* at KL ≤ 1: 0.5500" in text and "best r* at KL ≤ 5: 0.6000" in text
-    assert "best r* at KL ≤ 10: 0.7000" in text
+    # best within a KL budget = the Pareto front read as a step function
+    assert "| 1 | 0.550 ± 0.010 [1.0] |" in text and "| 5 | 0.600 ± 0.010 [2.0] |" in text
+    assert "| 10 | 0.700 ± 0.010 [6.0] |" in text
+
+
+def test_matched_kl_names_a_leader_only_beyond_two_standard_errors():
+    ppo = pd.DataFrame([("ppo", 4.0, 0, 10, 1.0, 0.52, 0.01), ("ppo", 4.0, 0, 20, 5.0, 0.65, 0.01),
+                        ("ppo", 8.0, 0, 20, 9.0, 0.71, 0.01)],
+                       columns=["method", "param", "seed", "step", "kl", "reward", "reward_se"])
+    text = "\n".join(reading(pd.concat([table(), ppo])))
+    assert "| KL ≤ | dpo | ppo | leader (> 2 s.e.) |" in text
+    # KL <= 1: dpo 0.55 vs ppo 0.52, difference 0.03 > 2 * 0.0141 -> dpo
+    assert "| 1 | 0.550 ± 0.010 [1.0] | 0.520 ± 0.010 [1.0] | dpo |" in text
+    # KL <= 5: dpo 0.60 vs ppo 0.65 -> ppo;  KL <= 10: 0.70 vs 0.71 -> within 2 s.e.
+    assert "| 5 | 0.600 ± 0.010 [2.0] | 0.650 ± 0.010 [5.0] | ppo |" in text
+    assert "| 10 | 0.700 ± 0.010 [6.0] | 0.710 ± 0.010 [9.0] | tie (within 2 s.e.) |" in text
