@@ -53,7 +53,7 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     sft = df[df.method == "sft"]
     for method, group in df[df.method != "sft"].groupby("method"):
         color = COLORS.get(method, None)
@@ -72,7 +72,8 @@ def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_ylabel("mean r*(x, y) on held-out prefixes")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    # Outside the axes: with several methods, any corner inside would hide points.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -137,6 +138,13 @@ def reading(df: pd.DataFrame) -> list[str]:
         above = [r for _, r in finals.iterrows() if r.reward - r0 > 2 * (r.reward_se ** 2 + se0 ** 2) ** 0.5]
         lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above SFT's by more than two "
                      f"standard errors of the difference.")
+        if "mean_length" in df and finals.mean_length.notna().all() and sft.mean_length.notna().all():
+            # Length is where a policy most often buys reward it was not meant to (reward hacking shows here).
+            sft_len = float(sft.mean_length.iloc[0])
+            lo, hi = finals.mean_length.min(), finals.mean_length.max()
+            flag = " — **completions collapsed to under half of SFT's length**" if hi < sft_len / 2 else ""
+            lines.append(f"  - final mean completion length {lo:.1f}-{hi:.1f} tokens (SFT {sft_len:.1f}), "
+                         f"EOS rate {finals.eos_rate.min():.2f}-{finals.eos_rate.max():.2f}{flag}.")
     return lines + [""] + matched_kl(df)
 
 

@@ -37,3 +37,14 @@ def test_matched_kl_names_a_leader_only_beyond_two_standard_errors():
     # KL <= 5: dpo 0.60 vs ppo 0.65 -> ppo;  KL <= 10: 0.70 vs 0.71 -> within 2 s.e.
     assert "| 5 | 0.600 ± 0.010 [2.0] | 0.650 ± 0.010 [5.0] | ppo |" in text
     assert "| 10 | 0.700 ± 0.010 [6.0] | 0.710 ± 0.010 [9.0] | tie (within 2 s.e.) |" in text
+
+
+def test_reading_flags_completions_that_collapsed_in_length():
+    df = table()
+    df["mean_length"], df["eos_rate"] = 40.0, 0.1
+    short = pd.DataFrame([("ppo", 4.0, 0, 20, 5.0, 0.52, 0.01, 8.0, 1.0)],
+                         columns=["method", "param", "seed", "step", "kl", "reward", "reward_se", "mean_length",
+                                  "eos_rate"])
+    text = "\n".join(reading(pd.concat([df, short])))
+    assert "final mean completion length 8.0-8.0 tokens (SFT 40.0), EOS rate 1.00-1.00 — **completions collapsed" in text
+    assert text.count("collapsed") == 1  # DPO's 40-token completions are not flagged
