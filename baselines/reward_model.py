@@ -54,6 +54,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     set_seed(cfg.shared_seed)  # the new scalar head is initialised from the global RNG
     model = AutoModelForSequenceClassification.from_pretrained(
         str(sft_dir), num_labels=1, use_safetensors=True, trust_remote_code=False)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # The classifier pools at the last token that is not padding. With pad == EOS (GPT-2 style tokenizers)
+        # that is the token before EOS: r_phi could never tell a completion that ended from one cut at the length
+        # limit. A pad token of its own (one new embedding row, never sampled by the policy) fixes the pooling.
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     steps_per_epoch = -(-len(train) // r.batch_size)
     args = RewardConfig(

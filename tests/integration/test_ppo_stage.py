@@ -97,3 +97,15 @@ def test_interrupted_ppo_resumes_to_the_same_weights(smoke_cfg, tmp_path, monkey
     for a, b in zip(rows, expected_rows):
         assert a["objective/kl"] == pytest.approx(b["objective/kl"], abs=1e-4)
         assert a["objective/kl_coef"] == pytest.approx(b["objective/kl_coef"], rel=1e-6)
+
+
+def test_reward_model_pools_at_eos_not_before_it(smoke_cfg):
+    """With pad == EOS the classifier would pool at the token before EOS; r_phi gets a pad token of its own."""
+    cfg = smoke_cfg("method=ppo", "pipeline=[reward_model]")
+    run_pipeline(cfg)
+    scorer = RewardModelScorer(Path(cfg.paths.reward_model) / "model")
+    eos = scorer.model.config.eos_token_id
+    assert scorer.pad_id != eos
+    prompt, text = [5, 6], [7, 8, 9]
+    ended, cut = scorer([prompt, prompt], [text + [eos], text])
+    assert ended != pytest.approx(cut, abs=1e-6)  # the EOS is read
