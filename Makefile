@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)
 
-reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, DPO, reward model, PPO, PPO-GT sweeps, frontier (CPU)
+reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, DPO, reward model, PPO, PPO-GT sweeps, frontier (2-core CPU, ~65 min)
 	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_embedded method=$$m $(ARGS) || exit 1; done
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"
 
