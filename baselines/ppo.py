@@ -309,7 +309,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     pool = [x["prompt_ids"] for x in make_prefixes(
         load_split(cfg.paths.data, "train"), tokenizer, m.n_prompts, cfg.task.prompt.min_tokens,
         cfg.task.prompt.max_tokens, cfg.shared_seed, "train")]
-    last = out_dir / "last"
+    last, tmp = out_dir / "last", out_dir / "last.tmp"
+    if not (last / "state.json").exists() and (tmp / "state.json").exists():
+        # Interrupted between removing the old checkpoint and renaming the new one (state.json is written last,
+        # so a last.tmp that has it is complete).
+        shutil.rmtree(last, ignore_errors=True)
+        tmp.rename(last)
     start_dir = last if (last / "state.json").exists() else None
     policy = load_policy(start_dir / "policy" if start_dir else sft_dir, device)
     ref = load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, device)
@@ -329,6 +334,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     else:
         start = 0
         metrics_path.unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # from a start that never reached a checkpoint
         if m.normalize_scores:
             ppo.fit_score_normalisation(_prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0))
     report_to = trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}")
@@ -343,7 +349,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             if not target.exists():
                 policy.save_pretrained(str(target), safe_serialization=True)
         if done % m.save_steps == 0 or done == m.total_steps:
-            tmp = out_dir / "last.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             ppo.save(tmp, done)
             shutil.rmtree(last, ignore_errors=True)

@@ -86,6 +86,8 @@ def test_interrupted_ppo_resumes_to_the_same_weights(smoke_cfg, tmp_path, monkey
         run_pipeline(cfg)
     run_dir = Path(cfg.paths.method)
     assert json.loads((run_dir / "last" / "state.json").read_text())["step"] == 2
+    # The worst moment to be interrupted: old checkpoint removed, the complete new one not yet renamed.
+    (run_dir / "last").rename(run_dir / "last.tmp")
     monkeypatch.setattr(ppo_stage, "log_metrics", original)
     run_pipeline(cfg)
     assert done(run_dir)["resumed"] is True and done(run_dir)["metrics"]["resumed_from"] == 2
