@@ -1,5 +1,5 @@
-"""Micro-benchmarks of the embedded default's hot paths (make bench): sampling, sequence log-probs, one SFT step
-and one DPO step of TRL, on a model of the embedded default's shape with random weights.
+"""Micro-benchmarks of the embedded default's hot paths (make bench): sampling, sequence log-probs, one SFT step,
+one DPO step of TRL and one PPO step of ours, on a model of the embedded default's shape with random weights.
 
   python -m pipelines.bench [--out results/bench] [--repeats 5]
 
@@ -112,6 +112,22 @@ def main(argv: list[str] | None = None) -> None:
         step_times = timer.times[1:]  # the first step warms up
     results["dpo_step_32_pairs"] = {"median_s": round(statistics.median(step_times), 4),
                                     "min_s": round(min(step_times), 4), "repeats": len(step_times)}
+    # One PPO step with the embedded preset's PPO settings (rollout, scoring, all PPO epochs); a cheap stand-in
+    # scorer, so the number is PPO's own cost (add the reward model's forward for method=ppo).
+    from baselines.ppo import PPO, ValueModel
+
+    ppo_cfg = OmegaConf.merge(OmegaConf.load(CONF / "method" / "ppo.yaml"),
+                              OmegaConf.load(CONF / "method_preset" / "sentiment_embedded" / "ppo.yaml").method)
+    ppo_policy = GPT2LMHeadModel(config).to(device)
+    with torch.no_grad():
+        ppo_policy.lm_head.weight[0].zero_()
+    value_model = ValueModel(GPT2LMHeadModel(config).transformer).to(device)
+    ppo = PPO(ppo_policy, GPT2LMHeadModel(config).to(device), value_model, lambda p, c: [len(x) / new_tokens for x in c],
+              ppo_cfg, eos_id=0, pad_id=0, max_new_tokens=new_tokens, seed=0, generation_batch_size=batch)
+    ppo_prompts = [prompts[i % batch] for i in range(ppo_cfg.batch_size)]
+    step = iter(range(10 ** 6))
+    results[f"ppo_step_{ppo_cfg.batch_size}_rollouts_{ppo_cfg.ppo_epochs}_epochs"] = _timed(
+        lambda: ppo.step(next(step), ppo_prompts), args.repeats)
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     record = {"device": device_name, "machine": platform.machine(), "processor": platform.processor(),
               "model": OmegaConf.to_container(a), "vocab": vocab,
