@@ -35,7 +35,7 @@ from pipelines.common import UserError, atomic_write_json, pick_device, read_jso
 from pipelines.data import load_split
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.prompts import make_prefixes
-from pipelines.sampling import batch_seed, sample_completions
+from pipelines.sampling import batch_seed, right_pad, sample_completions
 from pipelines.tracking import finish_wandb, log_metrics, trainer_report_to
 
 log = logging.getLogger(__name__)
@@ -86,21 +86,16 @@ class Batch:
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device) -> Batch:
-    seqs = [p + c for p, c in zip(prompts, completions)]
-    width = max(len(s) for s in seqs)
+    ids, attn = right_pad([p + c for p, c in zip(prompts, completions)], pad_id, device)
     T = max(1, max(len(c) for c in completions))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    positions = torch.zeros((len(seqs), T), dtype=torch.long)
-    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    positions = torch.zeros((len(prompts), T), dtype=torch.long)
+    tokens = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.bool)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        attn[i, :len(p) + len(c)] = 1
         positions[i, :len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c))
         tokens[i, :len(c)] = torch.tensor(c, dtype=torch.long)
         mask[i, :len(c)] = True
-    return Batch(ids.to(device), attn.to(device), positions.to(device), tokens.to(device), mask.to(device))
+    return Batch(ids, attn, positions.to(device), tokens.to(device), mask.to(device))
 
 
 def token_logprobs(model, b: Batch, with_entropy: bool = False):
@@ -285,11 +280,14 @@ def text_scorer(reward, tokenizer):
 def _prompt_stream(prompts: list[list[int]], batch_size: int, seed: int, step: int) -> list[list[int]]:
     """Prompts of step `step`: passes over a seeded permutation of the pool, a pure function of (seed, step)."""
     n = len(prompts)
+    orders: dict[int, list[int]] = {}  # one permutation per pass touched by this step (one or two)
     out = []
     for k in range(step * batch_size, (step + 1) * batch_size):
         epoch, i = divmod(k, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(batch_seed(seed, "ppo/prompts", epoch)))
-        out.append(prompts[int(order[i])])
+        if epoch not in orders:
+            gen = torch.Generator().manual_seed(batch_seed(seed, "ppo/prompts", epoch))
+            orders[epoch] = torch.randperm(n, generator=gen).tolist()
+        out.append(prompts[orders[epoch][i]])
     return out
 
 

@@ -20,6 +20,7 @@ from trl import RewardConfig, RewardTrainer
 
 from pipelines.common import UserError, pick_device, read_jsonl, use_bf16
 from pipelines.models import load_tokenizer
+from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 
 log = logging.getLogger(__name__)
@@ -78,20 +79,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if resume:
         log.info("reward model: resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    final = trainer.evaluate()  # of the restored best checkpoint
     trainer.model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "model"))
-    # Pair-exact held-out accuracy with the scorer PPO will use (the trainer's is a mean of per-batch means).
+    # Held-out accuracy and margin of the restored best checkpoint, pair-exact (the trainer's are means of
+    # per-batch means), with the scorer PPO will use.
     scorer = RewardModelScorer(out_dir / "model", pick_device(cfg.device), r.batch_size)
     prompts = [[] for _ in range(len(held))]
     chosen, rejected = scorer(prompts, held["chosen_ids"]), scorer(prompts, held["rejected_ids"])
     accuracy = sum(c > j for c, j in zip(chosen, rejected)) / len(held)
+    margin = sum(c - j for c, j in zip(chosen, rejected)) / len(held)
     best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1]) \
         if trainer.state.best_model_checkpoint else result.global_step
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     finish_wandb()
     log.info("reward model: held-out accuracy %.4f (best checkpoint, step %d)", accuracy, best_step)
-    return {"eval_accuracy": round(accuracy, 4), "eval_margin": round(final["eval_margin"], 4),
+    return {"eval_accuracy": round(accuracy, 4), "eval_margin": round(margin, 4),
             "best_step": best_step, "steps": result.global_step, "steps_per_epoch": steps_per_epoch,
             "n_train_pairs": len(train), "n_eval_pairs": len(held), "train_loss": round(result.training_loss, 4)}
 
@@ -109,15 +111,11 @@ class RewardModelScorer:
     def __call__(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
         out: list[float] = []
         for start in range(0, len(prompts), self.batch_size):
-            seqs = [p + c for p, c in zip(prompts[start:start + self.batch_size],
-                                          completions[start:start + self.batch_size])]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(seqs):  # right padding, as the RewardTrainer collator pads
-                ids[i, :len(s)] = torch.tensor(s)
-                mask[i, :len(s)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            # Right padding with the pad id, as the RewardTrainer collator pads.
+            ids, mask = right_pad([p + c for p, c in zip(prompts[start:start + self.batch_size],
+                                                         completions[start:start + self.batch_size])],
+                                  self.pad_id, self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
             out += logits[:, 0].float().tolist()
         return out
 

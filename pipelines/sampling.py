@@ -38,6 +38,18 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
     return ids.to(device), mask.to(device)
 
 
+def right_pad(seqs: list[list[int]], pad_id: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (B, max length), sequences left-aligned: positions match an unpadded forward
+    without position ids, and a sequence classifier finds each sequence's last token before the padding."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
 @torch.no_grad()
 def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
                        batch_size: int, seed: int, tag: str = "sample", temperature: float = 1.0,
@@ -65,14 +77,8 @@ def completion_token_logprobs(model, prompts: list[list[int]], completions: list
     """Per-token log pi(y_t | x, y_<t) for each completion (float32, on the model's device), with gradient if the
     model has it. Sequences are right-padded, so positions match an unpadded forward."""
     device = next(model.parameters()).device
-    seqs = [p + c for p, c in zip(prompts, completions)]
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    # Any pad id works: padding sits after every real token and is masked.
+    ids, mask = right_pad([p + c for p, c in zip(prompts, completions)], 0, device)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     # Shape (B, T-1): log-prob of token t+1 given tokens <= t.
     logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
