@@ -10,10 +10,15 @@ PYTHON ?= python3
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
 # Extra Hydra overrides for the reproduce targets, e.g. ARGS="wandb.mode=online"
 ARGS ?=
-# Methods the reproduce targets sweep, each over its preset grid (conf/method_preset/<experiment>/<method>.yaml)
-METHODS ?= dpo ppo ppo_gt
+# Methods the reproduce targets sweep, each over its preset grid (conf/method_preset/<experiment>/<method>.yaml).
+# A subset: make reproduce-sentiment METHODS="dpo ppo"
+METHODS ?= dpo ipo cdpo ppo ppo_gt rloo rloo_gt bon preferred_ft unlikelihood
+# Seeds of the method stages (SFT, r*, pairs and the reward model are shared by all seeds).
+SEEDS ?= 0
+comma := ,
+SEED_LIST = $(subst $(eval) ,$(comma),$(strip $(SEEDS)))
 
-.PHONY: help venv reproduce-sentiment reproduce-sentiment-paper analyze-sentiment test test-all bench clean-runs
+.PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper analyze-sentiment test test-all bench clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -27,12 +32,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)
 
-reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, DPO, reward model, PPO, PPO-GT sweeps, frontier (2-core CPU, ~65 min)
-	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_embedded method=$$m $(ARGS) || exit 1; done
-	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"
+reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, reward model, every method's sweep (SEEDS, METHODS), frontier
+	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_embedded method=$$m seed=$(SEED_LIST) $(ARGS) || exit 1; done
+	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment SEEDS=\"$(SEEDS)\" METHODS=\"$(METHODS)\""
+
+reproduce-sentiment-seeds: ## the multi-seed frontier of every method: reproduce-sentiment with SEEDS="0 1 2"
+	$(MAKE) reproduce-sentiment SEEDS="0 1 2"
 
 reproduce-sentiment-paper: $(VENV)/.installed ## paper scale (gpt2-large, IMDb, siebert; GPUs and Hub access needed)
-	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_paper method=$$m $(ARGS) || exit 1; done
+	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_paper method=$$m seed=$(SEED_LIST) $(ARGS) || exit 1; done
 	$(PY) -m analysis.frontier --task sentiment --preset paper --command "make reproduce-sentiment-paper"
 
 analyze-sentiment: $(VENV)/.installed ## rebuild frontier.csv/png and summary.md from finished runs

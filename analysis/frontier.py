@@ -1,13 +1,17 @@
-"""Reward-vs-KL frontier of every evaluated policy of one task/preset: frontier.csv, frontier.png, summary.md.
+"""Reward-vs-KL frontier of every evaluated policy of one task/preset: frontier.csv, frontier.png,
+frontier_runs.png, summary.md.
 
   python -m analysis.frontier --task sentiment --preset embedded [--runs runs] [--out results]
 
 Reads only files written by the pipelines (done.json markers, eval/step*.json, eval/step*.samples.jsonl).
+Methods are compared through each seed's Pareto front (its checkpoints plus the shared SFT point), read at fixed
+KL budgets by linear interpolation, then averaged across seeds with a t-interval.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,13 +20,35 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 COLUMNS = ["method", "param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
-EXTRA = ["tag", "mean_length", "eos_rate"]
-COLORS = {"sft": "black", "dpo": "tab:blue", "ppo": "tab:red", "ppo_gt": "tab:orange"}
+EXTRA = ["tag", "mean_length", "eos_rate", "kl_kind"]
+NUMERIC = ["param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n", "mean_length", "eos_rate"]
+# Summary tables and the verdict list methods in this order; any other method follows, alphabetically.
+METHOD_ORDER = ("dpo", "ipo", "cdpo", "ppo", "ppo_gt", "rloo", "rloo_gt", "bon", "preferred_ft", "unlikelihood")
+COLORS = {"sft": "black", "dpo": "tab:blue", "ipo": "tab:cyan", "cdpo": "navy", "ppo": "tab:red",
+          "ppo_gt": "tab:orange", "rloo": "tab:purple", "rloo_gt": "tab:pink", "preferred_ft": "tab:green",
+          "unlikelihood": "tab:olive", "bon": "tab:gray"}
+NAMES = {"sft": "SFT", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "ppo": "PPO", "ppo_gt": "PPO-GT", "rloo": "RLOO",
+         "rloo_gt": "RLOO-GT", "bon": "Best-of-N", "preferred_ft": "Preferred-FT", "unlikelihood": "Unlikelihood"}
+PARAM_NAMES = {"dpo": "β", "ipo": "τ", "cdpo": "ε", "unlikelihood": "α", "bon": "N", "ppo": "KL target",
+               "ppo_gt": "KL target", "rloo": "β", "rloo_gt": "β"}
 SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs", "reward_model"]
 KL_BUDGETS = (1, 2, 5, 10)
+# t_{0.975, dof} for dof = 1..30: scipy is not a dependency of the project, and seeds are few.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(dof: int) -> float:
+    """Two-sided 95 % quantile of Student's t; the normal 1.960 beyond 30 degrees of freedom (at most 4 % low)."""
+    if dof < 1:
+        return float("nan")
+    return T975[dof - 1] if dof <= len(T975) else 1.960
 
 
 def load_points(run_root: Path) -> pd.DataFrame:
@@ -35,10 +61,24 @@ def load_points(run_root: Path) -> pd.DataFrame:
         if col not in df:
             df[col] = None
     df = df[COLUMNS + EXTRA]
+    # Parameter-free methods (preferred_ft) write param null; without this a column of only nulls stays object.
+    for col in NUMERIC:
+        df[col] = pd.to_numeric(df[col])
+    df["kl_kind"] = df.kl_kind.fillna("estimated")
     # SFT (evaluated once, shared) first, then each method by its swept parameter, seed and step.
-    df["_order"] = (df.method != "sft").astype(int)
+    df["_order"] = df.method.map(lambda m: -1 if m == "sft" else _rank(m))
     df = df.sort_values(["_order", "method", "param", "seed", "step"], na_position="first")
     return df.drop(columns="_order").reset_index(drop=True)
+
+
+def _rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    """The trained methods present, in METHOD_ORDER, then any other alphabetically."""
+    present = set(df.method) - {"sft"}
+    return sorted(present, key=lambda m: (_rank(m), m))
 
 
 def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
@@ -52,35 +92,236 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(front)
 
 
+def _front(points: pd.DataFrame) -> pd.DataFrame:
+    """pareto_front of the points with a KL and a reward; an empty frame with the same columns if there are none."""
+    pts = points.dropna(subset=["kl", "reward"])
+    return pareto_front(pts) if len(pts) else pts
+
+
+def interpolate_front(points: pd.DataFrame, kl_grid) -> np.ndarray:
+    """r* of the Pareto front of `points` (one method and seed, plus the SFT point) at each KL of kl_grid: linear
+    between consecutive front points, flat from the last front point up to the largest KL any point of the seed
+    reached (a checkpoint further out that scored lower does not lower the best reward within that budget), NaN
+    beyond it (never extrapolated)."""
+    grid = np.asarray(kl_grid, dtype=float)
+    front = _front(points)
+    if front.empty:
+        return np.full(grid.shape, np.nan)
+    xs, ys = front.kl.to_numpy(float), front.reward.to_numpy(float)
+    reached = float(points.kl.max())
+    if reached > xs[-1]:
+        xs, ys = np.append(xs, reached), np.append(ys, ys[-1])
+    # Linear rather than a step: sampling from one of two policies at random per prompt earns the chord's reward at
+    # no more than the chord's KL (KL is convex), so the chord is achievable without training anything new.
+    return np.interp(grid, xs, ys, left=np.nan, right=np.nan)
+
+
+def _seed_points(df: pd.DataFrame, method: str) -> list[pd.DataFrame]:
+    """Each seed's checkpoints of `method` (all params and steps), each with the shared SFT point appended."""
+    sft = df[df.method == "sft"]
+    groups = [g for _, g in df[df.method == method].groupby("seed", dropna=False)]
+    return [pd.concat([g, sft]) if len(sft) else g for g in groups]
+
+
+def _across_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a (seeds x KL) array, ignoring NaN: seed count, mean, sample sd (ddof 1) and the 95 %
+    t-interval half-width t_{0.975, n-1} sd / sqrt(n); sd and half-width NaN below two seeds."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1:
+        v = v[None, :]
+    ok = ~np.isnan(v)
+    n = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, v, 0.0).sum(axis=0) / n
+        sq = np.where(ok, (v - mean) ** 2, 0.0).sum(axis=0)
+        sd = np.where(n >= 2, np.sqrt(sq / np.maximum(n - 1, 1)), np.nan)
+        half = np.array([t975(int(k) - 1) for k in n]) * sd / np.sqrt(n)
+    return n, mean, sd, half
+
+
+def seed_table(df: pd.DataFrame, budgets=KL_BUDGETS) -> pd.DataFrame:
+    """One row per (method, KL budget): seeds whose front reaches the KL, mean of their interpolated r*, sample sd,
+    95 % t-interval half-width; first_kl is the smallest KL of any of the method's own front points (below it, a
+    value is the chord from SFT)."""
+    rows = []
+    for method in _methods(df):
+        seeds = _seed_points(df, method)
+        values = np.array([interpolate_front(p, budgets) for p in seeds]).reshape(len(seeds), len(budgets))
+        n, mean, sd, half = _across_seeds(values)
+        own = [f[f.method != "sft"].kl for f in map(_front, seeds)]
+        first = min((k.min() for k in own if len(k)), default=float("nan"))
+        rows += [{"method": method, "kl": b, "n_seeds": int(n[i]), "mean": mean[i], "sd": sd[i],
+                  "half_width": half[i], "first_kl": first} for i, b in enumerate(budgets)]
+    return pd.DataFrame(rows, columns=["method", "kl", "n_seeds", "mean", "sd", "half_width", "first_kl"])
+
+
+def _kl_list(budgets: list[float]) -> str:
+    """[2, 5, 10] -> 'KL 2, 5 and 10'."""
+    s = [f"{b:g}" for b in budgets]
+    return "KL " + (s[0] if len(s) == 1 else ", ".join(s[:-1]) + " and " + s[-1])
+
+
+def _compare(table: pd.DataFrame, a: str, b: str) -> tuple[bool, str, str]:
+    """Method a against b, budget by budget. Returns whether any budget has two seeds of each (tested), the relation
+    (dominates, dominated, mixed, indistinguishable; by the sign of the means when untested, equal if no sign) and
+    the budgets behind it, as text."""
+    ta, tb = (table[table.method == m].set_index("kl") for m in (a, b))
+    budgets = [k for k in ta.index if k in tb.index]
+    tested = any(ta.n_seeds[k] >= 2 and tb.n_seeds[k] >= 2 for k in budgets)
+    need = 2 if tested else 1
+    out: dict[str, list[float]] = {}
+    for k in budgets:
+        ra, rb = ta.loc[k], tb.loc[k]
+        na, nb = int(ra.n_seeds), int(rb.n_seeds)
+        if na < need or nb < need:
+            short = " and ".join(NAMES.get(m, m) for m, n in ((a, na), (b, nb)) if n < need)
+            out.setdefault(f"short:{short}", []).append(k)
+            continue
+        diff = ra["mean"] - rb["mean"]
+        # Welch-like with the smaller sample's degrees of freedom: conservative when the seed counts differ.
+        bound = t975(min(na, nb) - 1) * math.sqrt(ra["sd"] ** 2 / na + rb["sd"] ** 2 / nb) if tested else 0.0
+        key = "higher" if diff > bound else "lower" if diff < -bound else "within noise" if tested else "equal"
+        out.setdefault(key, []).append(k)
+    higher, lower = "higher" in out, "lower" in out
+    compared_any = any(not key.startswith("short:") for key in out)
+    relation = ("mixed" if higher and lower else "dominates" if higher else "dominated" if lower
+                else "indistinguishable" if tested else "equal" if compared_any else "incomparable")
+    found = [f"{key} at {_kl_list(out[key])}" for key in ("higher", "lower", "within noise", "equal") if key in out]
+    notes = []
+    for key in (k for k in out if k.startswith("short:")):
+        who = key.split(":", 1)[1]
+        notes.append(f"fewer than 2 seeds of {who} reach {_kl_list(out[key])}" if tested
+                     else f"{who} {'do' if ' and ' in who else 'does'} not reach {_kl_list(out[key])}")
+    # Below the rival's first own point its value is the chord from SFT: say so where such a budget was compared.
+    compared = [k for key, ks in out.items() if not key.startswith("short:") for k in ks]
+    first = tb.first_kl.iloc[0] if len(tb) else float("nan")
+    if pd.notna(first) and any(k < first for k in compared):
+        notes.append(f"{NAMES.get(b, b)} has no points below KL {first:.1f}")
+    return tested, relation, "; ".join([", ".join(found)] * bool(found) + notes)
+
+
+def verdict(table: pd.DataFrame) -> str:
+    """One quotable sentence, computed from seed_table: does DPO's frontier dominate PPO's and PPO-GT's here? At each
+    budget with two or more seeds of both, a difference of means beyond t_{0.975, min(n)-1} sqrt(sd1²/n1 + sd2²/n2)
+    counts; DPO dominates if significantly higher somewhere and never significantly lower."""
+    present = set(table.method)
+    if "dpo" not in present:
+        return "No verdict can be given: DPO has no evaluated runs."
+    rivals = [m for m in ("ppo", "ppo_gt") if m in present]
+    if not rivals:
+        return "No verdict can be given: neither PPO nor PPO-GT has evaluated runs."
+    comps = {m: _compare(table, "dpo", m) for m in rivals}
+    if not any(tested for tested, _, _ in comps.values()):
+        verbs = {"dominates": "dominate", "dominated": "be dominated by", "mixed": "cross", "equal": "equal",
+                 "incomparable": "share no KL budget with"}
+        clauses = [f"{verbs[rel]} {NAMES[m]}'s ({detail})" for m, (_, rel, detail) in comps.items()]
+        return ("No verdict can be given with one seed: taken at face value, the single-seed means would have DPO's "
+                f"frontier {' and '.join(clauses)}.")
+    verbs = {"dominates": "dominates", "dominated": "is dominated by",
+             "mixed": "neither dominates nor is dominated by", "indistinguishable": "is indistinguishable from"}
+    clauses = [f"{verbs[rel]} {NAMES[m]}'s ({'mixed: ' if rel == 'mixed' else ''}{detail})" if tested else
+               f"cannot be tested against {NAMES[m]}'s with one seed (by mean: {detail})"
+               for m, (tested, rel, detail) in comps.items()]
+    rels = [rel if tested else "untested" for tested, rel, _ in comps.values()]
+    claim = ("holds" if all(r == "dominates" for r in rels) else
+             "does not hold" if any(r in ("dominated", "mixed", "indistinguishable") for r in rels) else
+             "cannot be settled")
+    whom = "both" if len(rivals) == 2 else NAMES[rivals[0]]
+    return (f"At this scale DPO's frontier {' and '.join(clauses)}, so the paper's claim that DPO dominates {whom} "
+            f"{claim} here (two-sided 95 % t-test on the difference of per-seed mean r* at each KL budget).")
+
+
+def _label(method: str) -> str:
+    """Legend name; Best-of-N's KL is analytic (log N - (N-1)/N), not estimated from samples like the others'."""
+    return NAMES.get(method, method) + (" (analytic KL)" if method == "bon" else "")
+
+
+def _run_label(method: str, param) -> str:
+    """'dpo β=0.1'; parameter-free methods (preferred_ft) by name only."""
+    return method if pd.isna(param) else f"{method} {_param_name(method)}={param:g}"
+
+
+def _param_name(method: str) -> str:
+    return PARAM_NAMES.get(method, "param")
+
+
+def _axis_labels(set_x, set_y) -> None:
+    set_x("sequence-level KL(pi || pi_SFT), nats (estimated from the policy's own samples)")
+    set_y("mean r*(x, y) on held-out prefixes")
+
+
 def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
+    """Per method: the mean of its seeds' interpolated Pareto fronts (over the KL range every seed reached), a 95 %
+    t-band across seeds, and each seed's front points faintly."""
     fig, ax = plt.subplots(figsize=(10, 5.5))
     sft = df[df.method == "sft"]
-    for method, group in df[df.method != "sft"].groupby("method"):
-        color = COLORS.get(method, None)
-        params = sorted(group.param.dropna().unique())
-        markers = "osD^v<>Ph*"
-        for i, param in enumerate(params):
-            g = group[group.param == param].sort_values("step")
-            ax.errorbar(g.kl, g.reward, xerr=g.kl_se, yerr=g.reward_se, fmt=markers[i % len(markers)], ms=5,
-                        color=color, alpha=0.35 + 0.65 * (i + 1) / len(params), elinewidth=0.6, capsize=0,
-                        label=f"{method} {_param_name(method)}={param:g}")
-        front = pareto_front(pd.concat([group, sft]))
-        ax.step(front.kl, front.reward, where="post", color=color, lw=1.5, ls="--", label=f"{method} Pareto front")
+    banded = False
+    for method in _methods(df):
+        color = COLORS.get(method)
+        seeds = _seed_points(df, method)
+        fronts = [_front(p) for p in seeds]
+        top = max((float(p.kl.max()) for p in seeds if len(p)), default=0.0)
+        # Dense grid plus every front point, so the mean line passes through a lone seed's corners exactly.
+        grid = np.unique(np.concatenate([np.linspace(0, top, 300)] + [f.kl.to_numpy(float) for f in fronts]))
+        n, mean, _, half = _across_seeds(np.array([interpolate_front(p, grid) for p in seeds]))
+        several = len(seeds) >= 2
+        # Only where every seed has data: a mean over a changing set of seeds jumps where one drops out.
+        every = n == len(seeds)
+        mean = np.where(every, mean, np.nan)
+        ax.plot(grid, mean, color=color, lw=1.8, ls="--" if method == "bon" else "-",
+                label=_label(method) + (f", {len(seeds)} seeds" if several else ""))
+        if several:
+            banded = True
+            ax.fill_between(grid, mean - half, mean + half, where=every, color=color, alpha=0.15, lw=0)
+        for f in fronts:
+            own = f[f.method != "sft"]
+            ax.plot(own.kl, own.reward, "o", ms=3, color=color, alpha=0.4)
     if len(sft):
         ax.errorbar(sft.kl, sft.reward, yerr=sft.reward_se, fmt="*", ms=12, color="black", label="SFT (pi_ref)")
-    ax.set_xlabel("sequence-level KL(pi || pi_SFT), nats (estimated from the policy's own samples)")
-    ax.set_ylabel("mean r*(x, y) on held-out prefixes")
+    _axis_labels(ax.set_xlabel, ax.set_ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color="0.5", alpha=0.25, label="95 % t-interval across seeds")] * banded + \
+        [Line2D([], [], ls="none", marker="o", ms=3, color="0.5", alpha=0.6, label="each seed's front points")]
     # Outside the axes: with several methods, any corner inside would hide points.
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
-def _param_name(method: str) -> str:
-    return {"dpo": "β", "ppo": "KL target", "ppo_gt": "KL target"}.get(method, "param")
+def plot_runs(df: pd.DataFrame, path: Path, title: str) -> None:
+    """Every evaluated checkpoint (± one s.e.), one marker per swept value, in one small panel per method on shared
+    axes, SFT's star in each: the raw points behind frontier.png."""
+    methods = _methods(df) or ["sft"]
+    ncols = min(4, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, 2.9 * nrows + 0.8), sharex=True, sharey=True,
+                             squeeze=False)
+    sft = df[df.method == "sft"]
+    markers = "osD^v<>Ph*"
+    for ax, method in zip(axes.flat, methods):
+        group = df[df.method == method] if method != "sft" else df.iloc[:0]
+        params = sorted(group.param.dropna().unique()) + ([float("nan")] if group.param.isna().any() else [])
+        for i, param in enumerate(params):
+            g = group[group.param.isna() if pd.isna(param) else group.param == param]
+            ax.errorbar(g.kl, g.reward, xerr=g.kl_se, yerr=g.reward_se, fmt=markers[i % len(markers)], ms=4,
+                        color=COLORS.get(method), alpha=0.35 + 0.65 * (i + 1) / len(params), elinewidth=0.5,
+                        capsize=0, label=None if pd.isna(param) else f"{param:g}")
+        if len(sft):
+            ax.plot(sft.kl, sft.reward, "*", ms=10, color="black")
+        ax.set_title(_label(method), fontsize=9)
+        ax.grid(alpha=0.3)
+        if params and not all(pd.isna(p) for p in params):
+            ax.legend(fontsize=6, title=_param_name(method), title_fontsize=6, loc="lower right")
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    _axis_labels(fig.supxlabel, fig.supylabel)
+    fig.suptitle(f"{title}: every checkpoint, all seeds (star: SFT)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _done(path: Path) -> dict:
@@ -99,18 +340,24 @@ def _fmt(x, nd=3) -> str:
     return "" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.{nd}f}"
 
 
+def _finals(df: pd.DataFrame) -> pd.DataFrame:
+    """The last evaluated checkpoint of each run (method, param, seed), SFT included."""
+    return df.loc[df.groupby(["method", "param", "seed"], dropna=False)["step"].idxmax()].sort_index()
+
+
 def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
-    """The first n held-out prefixes with the SFT completion and each run's last-checkpoint completion."""
+    """The first n held-out prefixes with the SFT completion and the last-checkpoint completion of one run per
+    (method, param): its smallest seed, so the table does not grow with the seeds."""
     lines = []
-    finals = df.loc[df.groupby(["method", "param", "seed"], dropna=False)["step"].idxmax()].sort_index()
+    finals = _finals(df).sort_values("seed", kind="stable").groupby(["method", "param"], dropna=False).head(1)
     sources = []
-    for _, r in finals.iterrows():
+    for _, r in finals.sort_index().iterrows():
         if r.method == "sft":
             f = run_root / "shared" / "sft" / "eval" / f"step{int(r.step):06d}.samples.jsonl"
             label = "SFT"
         else:
             f = run_root / f"seed{int(r.seed)}" / r.tag / "eval" / f"step{int(r.step):06d}.samples.jsonl"
-            label = f"{r.method} {_param_name(r.method)}={r.param:g} (step {int(r.step)}, seed {int(r.seed)})"
+            label = f"{_run_label(r.method, r.param)} (step {int(r.step)}, seed {int(r.seed)})"
         if f.exists():
             sources.append((label, [json.loads(x) for x in f.read_text().splitlines()[:n]]))
     for i in range(n):
@@ -126,14 +373,17 @@ def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
 
 
 def reading(df: pd.DataFrame) -> list[str]:
-    """Plain statements computed from the table: which runs beat SFT, and the best reward within a KL budget."""
+    """Plain statements computed from the table: the verdict on DPO against PPO and PPO-GT, which runs beat SFT,
+    and every method's reward at matched KL."""
     sft = df[df.method == "sft"]
     if sft.empty:
         return []
+    table = seed_table(df)
     r0, se0 = float(sft.reward.iloc[0]), float(sft.reward_se.iloc[0])
-    lines = ["## Reading", "", f"- SFT (π_ref): r* = {r0:.4f} ± {se0:.4f}."]
-    for method, group in df[df.method != "sft"].groupby("method"):
-        finals = group.loc[group.groupby(["param", "seed"])["step"].idxmax()]
+    lines = ["## Reading", "", verdict(table), "", f"- SFT (π_ref): r* = {r0:.4f} ± {se0:.4f}."]
+    for method in _methods(df):
+        group = df[df.method == method]
+        finals = group.loc[group.groupby(["param", "seed"], dropna=False)["step"].idxmax()]
         # above SFT by more than two standard errors of the difference (independent samples)
         above = [r for _, r in finals.iterrows() if r.reward - r0 > 2 * (r.reward_se ** 2 + se0 ** 2) ** 0.5]
         lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above SFT's by more than two "
@@ -145,41 +395,49 @@ def reading(df: pd.DataFrame) -> list[str]:
             flag = " — **completions collapsed to under half of SFT's length**" if hi < sft_len / 2 else ""
             lines.append(f"  - final mean completion length {lo:.1f}-{hi:.1f} tokens (SFT {sft_len:.1f}), "
                          f"EOS rate {finals.eos_rate.min():.2f}-{finals.eos_rate.max():.2f}{flag}.")
-    return lines + [""] + matched_kl(df)
+    return lines + [""] + matched_kl(table)
 
 
-def best_within(points: pd.DataFrame, budget: float) -> pd.Series | None:
-    """The highest-r* point with KL <= budget (the Pareto front read as a step function); None if only SFT."""
-    front = pareto_front(points)
-    within = front[front.kl <= budget]
-    if not len(within) or within.kl.max() <= 0:
-        return None
-    return within.iloc[-1]
-
-
-def matched_kl(df: pd.DataFrame) -> list[str]:
-    """Methods side by side at the same KL budgets: best r* of each method's checkpoints within the budget, and
-    which method leads by more than two standard errors of the difference."""
-    sft = df[df.method == "sft"]
-    methods = [m for m in ("dpo", "ppo", "ppo_gt") if m in set(df.method)] + \
-        sorted(set(df.method) - {"sft", "dpo", "ppo", "ppo_gt"})
+def matched_kl(table: pd.DataFrame) -> list[str]:
+    """seed_table as markdown: rows are KL budgets, one column per method, 'mean ± half-width (seeds)'."""
+    methods = list(dict.fromkeys(table.method))
     if not methods:
         return []
-    lines = ["## Methods at matched KL", "",
-             "Best r* among each method's evaluated checkpoints with KL ≤ budget (± one s.e.; the point's KL in "
-             "brackets). A budget below a method's smallest KL shows —.", "",
-             "| KL ≤ | " + " | ".join(methods) + " | leader (> 2 s.e.) |", "|---" * (len(methods) + 2) + "|"]
-    for budget in KL_BUDGETS:
-        best = {m: best_within(pd.concat([df[df.method == m], sft]), budget) for m in methods}
-        cells = [f"{b.reward:.3f} ± {b.reward_se:.3f} [{b.kl:.1f}]" if b is not None else "—"
-                 for b in best.values()]
-        found = sorted(((b.reward, b.reward_se, m) for m, b in best.items() if b is not None), reverse=True)
-        if len(found) >= 2:
-            (r1, s1, m1), (r2, s2, _) = found[0], found[1]
-            leader = m1 if r1 - r2 > 2 * (s1 ** 2 + s2 ** 2) ** 0.5 else "tie (within 2 s.e.)"
-        else:
-            leader = ""
-        lines.append(f"| {budget} | " + " | ".join(cells) + f" | {leader} |")
+    lines = ["## Reward at matched KL (interpolated, mean across seeds, 95 % interval)", "",
+             "Each seed's Pareto front (its checkpoints plus the SFT point at KL 0) read at the KL by linear "
+             "interpolation between front points, flat after the last one up to the largest KL the seed reached, "
+             "never extrapolated; mean across the seeds that reach it ± the 95 % "
+             "t-interval half-width t_{0.975, n−1} · sd / √n, seed count in brackets, — where no seed reaches it"
+             + ("; Best-of-N's KL is analytic, log N − (N−1)/N." if "bon" in methods else "."), "",
+             "| KL | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for budget in dict.fromkeys(table.kl):
+        rows = table[table.kl == budget].set_index("method")
+        lines.append(f"| {budget:g} | " + " | ".join(_cell(rows.loc[m]) for m in methods) + " |")
+    return lines + [""]
+
+
+def _cell(row: pd.Series) -> str:
+    """'0.751 ± 0.012 (3)'; no ± with one seed; — with none."""
+    n = int(row.n_seeds)
+    if n == 0:
+        return "—"
+    return f"{row['mean']:.3f} ± {row.half_width:.3f} ({n})" if n >= 2 else f"{row['mean']:.3f} ({n})"
+
+
+def final_checkpoints(df: pd.DataFrame) -> list[str]:
+    """One row per (method, param): the last checkpoint of each seed's run, averaged across seeds."""
+    finals = _finals(df)
+    lines = ["## Final checkpoint of each run, mean across seeds", "",
+             "Last evaluated checkpoint of each run, averaged over its seeds. KL = sequence-level KL(pi || pi_SFT) in "
+             "nats, estimated from n samples of the policy on held-out prefixes (EOS included, full-distribution "
+             "sampling)" + ("; Best-of-N's is analytic" if "kl_kind" in finals and (finals.kl_kind == "analytic").any()
+               else "")
+             + "; sd = sample sd of r* across seeds. Every checkpoint of every seed is in frontier.csv.", "",
+             "| method | param | seeds | KL | r* | sd of r* | mean len | EOS rate |", "|---" * 8 + "|"]
+    for (method, param), g in finals.groupby(["method", "param"], dropna=False, sort=False):
+        lines.append(f"| {method} | {'' if pd.isna(param) else f'{param:g}'} | {len(g)} | {_fmt(g.kl.mean())} | "
+                     f"{_fmt(g.reward.mean(), 4)} | {_fmt(g.reward.std(ddof=1), 4)} | "
+                     f"{_fmt(g.mean_length.mean(), 1)} | {_fmt(g.eos_rate.mean(), 2)} |")
     return lines + [""]
 
 
@@ -202,7 +460,9 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
            f"Produced by `{command}` at git SHA `{_git_sha()}` (analysis), "
            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
            f"Stages ran at: {', '.join(f'`{s}`' for s in shas)}.", "",
-           "![frontier](frontier.png)", "", "## Set-up (measured)", ""]
+           "![frontier](frontier.png)", "",
+           "Every checkpoint of every seed, one panel per method: [frontier_runs.png](frontier_runs.png).", "",
+           "## Set-up (measured)", ""]
     dm, tm, sm, rm, pm = (x.get("metrics", {}) for x in (data, tok, sft, rew, pairs))
     per_corpus = ", ".join(f"{k.split('/')[1]} {v}" for k, v in rm.items() if k.startswith("test_accuracy/"))
     plain = ", ".join(f"{k.split('/')[1]} {v}" for k, v in rm.items() if k.startswith("plain_tfidf_test_accuracy/"))
@@ -224,18 +484,10 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
                    f"(trained on {rmm.get('n_train_pairs')}; best checkpoint at step {rmm.get('best_step')} of "
                    f"{rmm.get('steps')}). r* orders every pair correctly by construction.")
     out.append("")
-    out += reading(df) + ["## Frontier points", "",
-            "KL = sequence-level KL(pi || pi_SFT) in nats, estimated from n samples of the policy on held-out "
-            "prefixes (EOS included, full-distribution sampling); ± is one standard error.", "",
-            "| method | param | seed | step | KL | ± | r* | ± | n | mean len | EOS rate |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in df.iterrows():
-        out.append(f"| {r.method} | {'' if pd.isna(r.param) else f'{r.param:g}'} | "
-                   f"{'' if pd.isna(r.seed) else int(r.seed)} | {int(r.step)} | {_fmt(r.kl)} | {_fmt(r.kl_se)} | "
-                   f"{_fmt(r.reward, 4)} | {_fmt(r.reward_se, 4)} | {int(r.n)} | {_fmt(r.mean_length, 1)} | "
-                   f"{_fmt(r.eos_rate, 2)} |")
-    out += ["", "## What the reward bought: completions of the same held-out prefixes", "",
-            "Last checkpoint of each run, first samples of the evaluation set (text as the tokenizer decodes it).", ""]
+    out += reading(df) + final_checkpoints(df)
+    out += ["## What the reward bought: completions of the same held-out prefixes", "",
+            "Last checkpoint of one run per method and parameter (its smallest seed), first samples of the "
+            "evaluation set (text as the tokenizer decodes it).", ""]
     out += examples(run_root, df, n_examples)
     out += ["## Wall time per stage (from the done-markers)", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {s} | {t:.0f} |" for s, t in stage_times]
@@ -254,9 +506,12 @@ def step_costs(run_root: Path) -> list[str]:
             per_method.setdefault(method, []).append(done["metrics"])
     if not per_method:
         return []
-    what = {"dpo": "one optimizer step on a batch of preference pairs",
-            "ppo": "one PPO step: rollout, scoring, and all PPO epochs over the batch",
-            "ppo_gt": "one PPO step: rollout, scoring, and all PPO epochs over the batch"}
+    pairs = "one optimizer step on a batch of preference pairs"
+    ppo = "one PPO step: rollout, scoring, and all PPO epochs over the batch"
+    rloo = "one RLOO step: rollout (k per prompt), scoring, one gradient step"
+    what = {"dpo": pairs, "ipo": pairs, "cdpo": pairs, "unlikelihood": pairs,
+            "preferred_ft": "one optimizer step on the chosen completions of a batch of pairs",
+            "ppo": ppo, "ppo_gt": ppo, "rloo": rloo, "rloo_gt": rloo}
     lines = ["## Seconds per training step", "", "| method | runs | s / step | steps per run | what a step is |",
              "|---|---|---|---|---|"]
     for method, ms in per_method.items():
@@ -281,8 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     df = load_points(run_root)
     df.to_csv(out_dir / "frontier.csv", index=False, float_format="%.6g")
     plot_frontier(df, out_dir / "frontier.png", f"{args.task} ({args.preset}): reward vs KL")
+    plot_runs(df, out_dir / "frontier_runs.png", f"{args.task} ({args.preset})")
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples))
-    print(f"wrote {out_dir}/frontier.csv, frontier.png, summary.md ({len(df)} points)")
+    print(f"wrote {out_dir}/frontier.csv, frontier.png, frontier_runs.png, summary.md ({len(df)} points)")
 
 
 if __name__ == "__main__":

@@ -61,32 +61,60 @@ def load_pairs(pairs_dir: Path) -> Dataset:
     return Dataset.from_dict({c: [r[c] for r in rows] for c in ID_COLUMNS})
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def loss_options(m: DictConfig) -> dict:
+    """TRL DPOConfig loss settings of the DPO family (method dpo, ipo, cdpo).
+
+    dpo: the sigmoid loss of the paper. ipo: TRL's loss_type=ipo (Azar et al. 2023), where beta is IPO's tau and
+    TRL averages the log-ratios over completion tokens. cdpo: conservative DPO (label smoothing eps, Mitchell 2023),
+        -(1 - eps) log sigma(beta d) - eps log sigma(-beta d),
+    which TRL >= 1.0 no longer offers as such (its sigmoid loss ignores label_smoothing). It is an exact
+    combination of two TRL losses at the same eps: 2(1 - eps) * sigmoid - (1 - 2 eps) * robust, where
+    robust = [-(1 - eps) log sigma(beta d) + eps log sigma(-beta d)] / (1 - 2 eps) (Chowdhury et al. 2024)."""
+    if m.name == "cdpo":
+        eps = float(m.label_smoothing)
+        return {"loss_type": ["sigmoid", "robust"], "loss_weights": [2 * (1 - eps), -(1 - 2 * eps)],
+                "label_smoothing": eps}
+    return {"loss_type": [m.loss_type]}
+
+
+def training_args(cfg: DictConfig, out_dir: Path) -> dict:
+    """Trainer arguments shared by the offline methods trained on the pairs (DPO family, Preferred-FT,
+    Unlikelihood): the same optimiser, schedule, batch and snapshot cadence, so they differ only by their loss."""
     m = cfg.method
-    sft_dir = Path(cfg.paths.sft) / "policy"
-    tokenizer = load_tokenizer(sft_dir)
-    policy, ref = load_policy(sft_dir), load_policy(sft_dir)
-    pairs = load_pairs(cfg.paths.pairs)
-    args = DPOConfig(
-        output_dir=str(out_dir / "trainer"), beta=m.beta, loss_type=[m.loss_type], learning_rate=m.learning_rate,
-        optim=m.optimizer, lr_scheduler_type="constant_with_warmup", warmup_steps=m.warmup_steps,
+    return dict(
+        output_dir=str(out_dir / "trainer"), learning_rate=m.learning_rate, optim=m.optimizer,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=m.warmup_steps,
         per_device_train_batch_size=m.batch_size, gradient_accumulation_steps=m.gradient_accumulation_steps,
         num_train_epochs=m.epochs, max_steps=m.max_steps, logging_steps=10, save_steps=m.save_steps,
-        save_total_limit=1, max_length=None, bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
+        save_total_limit=1, bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"), seed=cfg.seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
-    trainer = SampledTokenDPOTrainer(
-        model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer,
-        callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", m.eval_every,
-                                                                             tokenizer)])
+
+
+def train_and_save(trainer, tokenizer, out_dir: Path) -> dict:
+    """Train (resuming from the newest checkpoint), save the final policy, close wandb; the stage's metrics."""
     resume = latest_checkpoint(out_dir / "trainer")
     if resume:
-        log.info("dpo: resuming from %s", resume)
+        log.info("%s: resuming from %s", out_dir.name, resume)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.model.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "policy"))
     finish_wandb()
     steps = result.global_step
     runtime = result.metrics.get("train_runtime", 0.0)
-    return {"train_loss": round(result.training_loss, 4), "steps": steps, "n_pairs": len(pairs),
+    return {"train_loss": round(result.training_loss, 4), "steps": steps,
             "seconds_per_step": round(runtime / max(1, steps), 4)}
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    m = cfg.method
+    sft_dir = Path(cfg.paths.sft) / "policy"
+    tokenizer = load_tokenizer(sft_dir)
+    policy, ref = load_policy(sft_dir), load_policy(sft_dir)
+    pairs = load_pairs(cfg.paths.pairs)
+    args = DPOConfig(beta=m.beta, max_length=None, **loss_options(m), **training_args(cfg, out_dir))
+    trainer = SampledTokenDPOTrainer(
+        model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer,
+        callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", m.eval_every,
+                                                                             tokenizer)])
+    return {**train_and_save(trainer, tokenizer, out_dir), "n_pairs": len(pairs)}

@@ -22,6 +22,10 @@ from pipelines.sampling import sample_completions, sequence_logprobs
 
 log = logging.getLogger(__name__)
 METRIC_DIR = Path(__file__).parent / "metrics" / "sequence_kl_reward"
+# The method setting each run's points are labelled with (the swept one); Preferred-FT varies only its seed.
+# (ipo: beta is IPO's tau; cdpo sweeps beta at a fixed label smoothing; bon's parameter is N, set by best_of_n.)
+FRONTIER_PARAM = {"dpo": "beta", "ipo": "beta", "cdpo": "beta", "unlikelihood": "alpha", "ppo": "kl.target",
+                  "ppo_gt": "kl.target", "rloo": "beta", "rloo_gt": "beta"}
 
 
 def evaluate_policy(policy, ref, tokenizer, reward: Reward, prompts: list[list[int]], *, max_new_tokens: int,
@@ -54,6 +58,13 @@ def method_snapshots(cfg: DictConfig) -> list[tuple[int, Path]]:
     return [(int(p.name[4:]), p) for p in found]
 
 
+def test_prompts(cfg: DictConfig, tokenizer, n: int | None = None) -> list[list[int]]:
+    """The held-out evaluation prefixes (the first n of them), the same for every method and seed."""
+    test = make_prefixes(load_split(cfg.paths.data, "test"), tokenizer, n or cfg.task.eval.n_prompts,
+                         cfg.task.prompt.min_tokens, cfg.task.prompt.max_tokens, cfg.shared_seed, "test")
+    return [x["prompt_ids"] for x in test]
+
+
 def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Path]], meta: dict, seed: int
                     ) -> dict:
     """Evaluate each (step, policy folder) that has no result file yet; the reference is always the SFT policy."""
@@ -63,9 +74,7 @@ def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Pa
     tokenizer = load_tokenizer(sft_dir)
     ref = load_policy(sft_dir, device)
     reward = load_reward(cfg)
-    test = make_prefixes(load_split(cfg.paths.data, "test"), tokenizer, e.n_prompts, cfg.task.prompt.min_tokens,
-                         cfg.task.prompt.max_tokens, cfg.shared_seed, "test")
-    prompts = [x["prompt_ids"] for x in test for _ in range(e.samples_per_prompt)]
+    prompts = [p for p in test_prompts(cfg, tokenizer) for _ in range(e.samples_per_prompt)]
     points = {}
     for step, folder in policies:
         path = out_dir / f"step{step:06d}.json"
@@ -91,7 +100,7 @@ def run_sft(cfg: DictConfig, out_dir: Path) -> dict:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Every snapshot of the configured method."""
-    param = {"dpo": "beta", "ppo": "kl.target", "ppo_gt": "kl.target"}.get(cfg.method.name)
+    param = FRONTIER_PARAM.get(cfg.method.name)
     meta = {"method": cfg.method.name, "tag": cfg.method.tag,
             "param": OmegaConf.select(cfg.method, param) if param else None}
     return evaluate_points(cfg, out_dir, method_snapshots(cfg), meta, cfg.seed)

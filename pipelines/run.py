@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars; training and sampling keep theirs
@@ -24,20 +26,41 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from baselines import ppo, reward_model  # noqa: E402
-from pipelines import data, dpo, evaluate, pairs, reward, sft, tokenizer  # noqa: E402
+from baselines import ppo, reward_model, rloo  # noqa: E402
+from pipelines import best_of_n, data, dpo, evaluate, likelihood, pairs, reward, sft, tokenizer  # noqa: E402
 from pipelines.common import UserError  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
 
-TRAINERS = {"dpo": dpo.run, "ppo": ppo.run, "ppo_gt": ppo.run}
-# What each method's training reads besides the SFT policy: DPO the pairs, PPO the learned reward model (trained on
-# those pairs), PPO-GT the ground-truth reward r*.
-TRAIN_INPUTS = {"dpo": ("sft", "pairs"), "ppo": ("data", "sft", "reward_model"), "ppo_gt": ("data", "sft", "reward")}
-# On-policy methods sample prompts and completions themselves, so the prompt and generation settings are theirs.
-TRAIN_KEYS = {"dpo": ("method", "seed")}
+OFFLINE_INPUTS = ("sft", "pairs")
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method trains: its trainer, the upstream stages it reads besides its config, and whether it samples
+    prompts and completions itself (then the prompt and generation settings are part of its stage hash)."""
+    train: Callable[[DictConfig, Path], dict]
+    inputs: tuple[str, ...]
+    on_policy: bool = False
+
+
+# Offline methods read the pairs; PPO, RLOO and Best-of-N the learned reward model r_phi (trained on those pairs);
+# the -GT variants the ground-truth reward r*.
+METHODS = {
+    "dpo": Method(dpo.run, OFFLINE_INPUTS),
+    "ipo": Method(dpo.run, OFFLINE_INPUTS),
+    "cdpo": Method(dpo.run, OFFLINE_INPUTS),
+    "preferred_ft": Method(likelihood.run_preferred_ft, OFFLINE_INPUTS),
+    "unlikelihood": Method(likelihood.run_unlikelihood, OFFLINE_INPUTS),
+    "bon": Method(best_of_n.run, ("data", "sft", "reward_model"), on_policy=True),
+    "ppo": Method(ppo.run, ("data", "sft", "reward_model"), on_policy=True),
+    "ppo_gt": Method(ppo.run, ("data", "sft", "reward"), on_policy=True),
+    "rloo": Method(rloo.run, ("data", "sft", "reward_model"), on_policy=True),
+    "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True),
+}
+OFFLINE_KEYS = ("method", "seed")
 ON_POLICY_KEYS = ("method", "seed", "task.prompt", "task.generation")
 
 
@@ -52,7 +75,13 @@ def _local_file_checksums(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, out_dir: Path) -> dict:
-    return TRAINERS[cfg.method.name](cfg, out_dir)
+    return METHODS[cfg.method.name].train(cfg, out_dir)
+
+
+def _evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    if cfg.method.name == "bon":  # no policy to sample from: the selections of the train stage are the points
+        return best_of_n.evaluate(cfg, out_dir)
+    return evaluate.run(cfg, out_dir)
 
 
 STAGES = {s.name: s for s in [
@@ -68,9 +97,9 @@ STAGES = {s.name: s for s in [
           lambda c: Path(c.paths.pairs)),
     Stage("reward_model", reward_model.run, ("reward_model",), ("sft", "pairs"),
           lambda c: Path(c.paths.reward_model)),
-    Stage("train", _train, lambda c: TRAIN_KEYS.get(c.method.name, ON_POLICY_KEYS), lambda c: TRAIN_INPUTS[c.method.name],
-          lambda c: Path(c.paths.method)),
-    Stage("evaluate", evaluate.run, ("task.eval", "task.prompt", "task.generation", "seed"),
+    Stage("train", _train, lambda c: ON_POLICY_KEYS if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
+          lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method)),
+    Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
 ]}
 
@@ -81,8 +110,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     unknown = [s for s in cfg.pipeline if s not in STAGES]
     if unknown:
         raise UserError(f"pipeline: unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    if cfg.method.name not in TRAINERS:
-        raise UserError(f"method '{cfg.method.name}' has no trainer yet (available: {sorted(TRAINERS)})")
+    if cfg.method.name not in METHODS:
+        raise UserError(f"method '{cfg.method.name}' has no trainer (available: {sorted(METHODS)})")
     torch.set_num_threads(cfg.threads)
     hashes: dict[str, str] = {}
     for name in cfg.pipeline:

@@ -9,6 +9,8 @@ from pipelines.common import UserError
 SOURCES = ("embedded", "hf", "local")
 REWARDS = ("tfidf_logreg", "hf_classifier")
 WANDB_MODES = ("offline", "online", "disabled")
+# Methods trained on the preference pairs with a Trainer schedule (pipelines/dpo.py, pipelines/likelihood.py)
+OFFLINE = ("dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -50,12 +52,33 @@ def validate(cfg: DictConfig) -> None:
     need(s.epochs > 0 and s.learning_rate > 0 and s.batch_size >= 1 and s.block_size >= 2,
          "model.sft needs epochs > 0, learning_rate > 0, batch_size >= 1, block_size >= 2")
     m = cfg.method
-    if m.name == "dpo":
-        need(m.beta > 0, f"method.beta must be > 0, got {m.beta}")
+    if m.name in OFFLINE:
         need(m.learning_rate > 0, f"method.learning_rate must be > 0, got {m.learning_rate}")
         need(m.batch_size >= 1, f"method.batch_size must be >= 1, got {m.batch_size}")
         need(m.eval_every >= 1, f"method.eval_every must be >= 1, got {m.eval_every}")
         need(m.epochs > 0 or m.max_steps > 0, "method needs epochs > 0 or max_steps > 0")
+    if m.name in ("dpo", "ipo", "cdpo"):
+        need(m.beta > 0, f"method.beta must be > 0, got {m.beta}")
+    if m.name == "cdpo":
+        need(0 <= m.label_smoothing < 0.5, f"method.label_smoothing must be in [0, 0.5), got {m.label_smoothing}")
+    if m.name == "unlikelihood":
+        need(m.alpha >= 0, f"method.alpha must be >= 0, got {m.alpha}")
+    if m.name == "bon":
+        need(len(m.n_grid) > 0 and all(n >= 1 for n in m.n_grid), f"method.n_grid must be N >= 1, got {m.n_grid}")
+        need(m.n_prompts is None or m.n_prompts >= 1, f"method.n_prompts must be >= 1 or null, got {m.n_prompts}")
+        need(m.chunk_prompts >= 1 and m.sample_batch_size >= 1, "method.chunk_prompts and sample_batch_size must "
+                                                                 "be >= 1")
+    if m.name in ("rloo", "rloo_gt"):
+        need(m.reward in ("learned", "gt"), f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
+        need(m.num_generations >= 2, f"method.num_generations must be >= 2 (leave-one-out baseline), got "
+                                     f"{m.num_generations}")
+        need(m.batch_size % m.num_generations == 0 if m.num_generations else False,
+             f"method.batch_size ({m.batch_size}) must be a multiple of num_generations ({m.num_generations})")
+        need(m.beta >= 0 and m.learning_rate > 0 and m.total_steps >= 1,
+             "method needs beta >= 0, learning_rate > 0, total_steps >= 1")
+        need(m.eval_every >= 1 and m.save_steps >= 1, "method.eval_every and method.save_steps must be >= 1")
+        need(not m.normalize_scores or m.score_norm_samples >= 2,
+             "method.score_norm_samples must be >= 2 when normalize_scores is on")
     if m.name in ("ppo", "ppo_gt"):
         need(m.reward in ("learned", "gt"), f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
         need(m.total_steps >= 1, f"method.total_steps must be >= 1, got {m.total_steps}")

@@ -1,5 +1,6 @@
-"""The whole chain at smoke scale through the real entry points: Hydra multiruns of DPO over beta and of PPO and
-PPO-GT over KL targets (what `make reproduce-sentiment` runs), then the analysis."""
+"""The whole chain at smoke scale through the real entry points: a Hydra multirun per method over its preset grid
+(what `make reproduce-sentiment` runs: DPO over beta, PPO and PPO-GT over KL targets, IPO, cDPO, Preferred-FT,
+Unlikelihood over alpha, Best-of-N, RLOO and RLOO-GT), extra seeds for one DPO setting, then the analysis."""
 import os
 import subprocess
 import sys
@@ -7,7 +8,10 @@ import sys
 import pandas as pd
 import pytest
 
+from pipelines.best_of_n import analytic_kl
 from tests.conftest import ROOT
+
+OTHER_METHODS = ("ipo", "cdpo", "preferred_ft", "unlikelihood", "bon", "rloo", "rloo_gt")
 
 
 def run(args, tmp_path, check=True):
@@ -29,10 +33,13 @@ def smoke_run(tmp_path_factory):
     again = run(["-m", "pipelines.run", *common, "method.beta=1.0", f"hydra.run.dir={tmp}/single"], tmp)
     ppo = run(["-m", "pipelines.run", "-m", *common, "method=ppo", "method.kl.target=1,3"], tmp)
     run(["-m", "pipelines.run", "-m", *common, "method=ppo_gt", "method.kl.target=3"], tmp)
+    others = {m: run(["-m", "pipelines.run", "-m", *common, f"method={m}"], tmp) for m in OTHER_METHODS}
+    seeds = run(["-m", "pipelines.run", "-m", *common, "method.beta=1.0", "seed=1,2"], tmp)
     out = tmp / "results"
     analysis = run(["-m", "analysis.frontier", "--runs", str(tmp / "runs"), "--preset", "smoke", "--out", str(out),
                     "--command", "pytest smoke"], tmp)
-    return {"tmp": tmp, "sweep": sweep, "again": again, "ppo": ppo, "analysis": analysis,
+    return {"tmp": tmp, "sweep": sweep, "again": again, "ppo": ppo, "analysis": analysis, "others": others,
+            "seeds": seeds,
             "out": out / "sentiment" / "smoke",
             "common": common}
 
@@ -42,7 +49,7 @@ def test_frontier_is_written_and_sane(smoke_run):
     assert list(df.columns[:9]) == ["method", "param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
     sft = df[df.method == "sft"]
     assert len(sft) == 1 and sft.kl.iloc[0] == 0.0 and sft.step.iloc[0] == 0
-    dpo = df[df.method == "dpo"]
+    dpo = df[(df.method == "dpo") & (df.seed == 0)]
     # max_steps=4, eval_every=2: snapshots at steps 2 and 4 for each beta
     assert sorted(dpo.param.unique()) == [0.1, 1.0]
     assert sorted(dpo.step.unique()) == [2, 4] and len(dpo) == 4
@@ -51,8 +58,9 @@ def test_frontier_is_written_and_sane(smoke_run):
     assert (smoke_run["out"] / "frontier.png").stat().st_size > 10_000
     summary = (smoke_run["out"] / "summary.md").read_text()
     for needle in ("pytest smoke", "held-out perplexity", "Prefix 1", "dpo β=0.1", "**total**", "git SHA",
-                   "ppo KL target=3", "ppo_gt KL target=3", "## Methods at matched KL", "| KL ≤ | dpo | ppo | ppo_gt |",
-                   "held-out pairwise accuracy", "## Seconds per training step", "| ppo | 2 |", "| dpo | 2 |"):
+                   "ppo KL target=3", "ppo_gt KL target=3",
+                   "## Reward at matched KL (interpolated, mean across seeds, 95 % interval)",
+                   "held-out pairwise accuracy", "## Seconds per training step", "| ppo | 2 |", "| dpo | 4 |"):
         assert needle in summary
     for method, params in (("ppo", [1.0, 3.0]), ("ppo_gt", [3.0])):
         points = df[df.method == method]
@@ -84,3 +92,38 @@ def test_cli_reports_bad_config_clearly(smoke_run, override, message, code):
     assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_method_reaches_the_frontier(smoke_run):
+    df = pd.read_csv(smoke_run["out"] / "frontier.csv")
+    assert set(OTHER_METHODS) | {"sft", "dpo", "ppo", "ppo_gt"} == set(df.method)
+    for method, params in (("ipo", [1.0]), ("cdpo", [0.1]), ("unlikelihood", [0.1, 1.0]), ("rloo", [0.05]),
+                           ("rloo_gt", [0.05])):
+        points = df[df.method == method]
+        assert sorted(points.param.unique()) == params and sorted(points.step.unique()) == [2, 4], method
+        assert (points.kl_kind == "estimated").all()
+    pft = df[df.method == "preferred_ft"]
+    assert pft.param.isna().all() and sorted(pft.step) == [2, 4]
+    bon = df[df.method == "bon"].sort_values("param")
+    # smoke grid N = 1, 2, 4: the KL is the analytic one, N = 1 is a plain SFT sample
+    assert list(bon.param) == [1, 2, 4] and (bon.kl_kind == "analytic").all()
+    assert list(bon.kl) == pytest.approx([analytic_kl(n) for n in (1, 2, 4)])
+    assert (bon.kl_se == 0).all() and (bon.n == 12).all()
+    # The RLOO runs use r_phi (trained once, upstream of the first run that needs it) and r* respectively
+    log = smoke_run["others"]["bon"].stdout + smoke_run["others"]["bon"].stderr
+    assert "stage reward_model done, skipped" in log
+
+
+def test_seeds_are_aggregated_with_an_interval(smoke_run):
+    df = pd.read_csv(smoke_run["out"] / "frontier.csv")
+    assert sorted(df[(df.method == "dpo") & (df.param == 1.0)].seed.unique()) == [0, 1, 2]
+    log = smoke_run["seeds"].stdout + smoke_run["seeds"].stderr
+    assert "stage sft       done, skipped" in log and "stage sft       running" not in log
+    summary = (smoke_run["out"] / "summary.md").read_text()
+    reading = summary[summary.index("## Reading"):]
+    # the verdict sentence is computed: DPO has 3 seeds of beta 1, PPO and PPO-GT one seed each
+    assert "PPO" in reading.splitlines()[2] and "seed" in reading.splitlines()[2]
+    table = summary[summary.index("## Reward at matched KL"):].split("\n\n")[2]
+    # DPO's cell at KL 1 aggregates its seeds that reach KL 1: "mean ± half (n)" with n >= 2, or a lone mean
+    assert "| KL | dpo |" in table
+    assert (smoke_run["out"] / "frontier_runs.png").stat().st_size > 10_000

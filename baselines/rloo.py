@@ -1,0 +1,86 @@
+"""RLOO (REINFORCE with a leave-one-out baseline, Ahmadian et al. 2024) through TRL's RLOOTrainer: k completions per
+prompt, each one's advantage is its KL-penalised reward minus the mean of the other k - 1. A cheaper online
+baseline than PPO (no value model, one gradient step per batch of rollouts).
+
+method=rloo uses the learned reward model r_phi, method=rloo_gt the ground-truth r*. As for PPO, scores are
+normalised with the mean/std of SFT samples' scores measured once before training, so `beta` (TRL's fixed
+coefficient on the sequence KL in the reward) means the same for both rewards. TRL samples from the full
+distribution here (temperature 1, top_k 0, top_p 1) and keeps EOS, like the project's own sampler.
+Reads sft/policy, data/ (train prefixes), reward_model/ or reward/. Writes snapshots/step*/, policy/, metrics.jsonl."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from datasets import Dataset
+from omegaconf import DictConfig
+from trl import RLOOConfig, RLOOTrainer
+
+from baselines.ppo import text_scorer
+from pipelines.common import UserError, pick_device, use_bf16
+from pipelines.data import load_split
+from pipelines.dpo import SnapshotPolicy, train_and_save
+from pipelines.models import load_policy, load_tokenizer
+from pipelines.prompts import make_prefixes
+from pipelines.sampling import sample_completions
+from pipelines.tracking import JsonlMetrics, trainer_report_to
+
+log = logging.getLogger(__name__)
+
+
+def score_stats(policy, scorer, prompts: list[list[int]], tokenizer, max_new_tokens: int, batch_size: int,
+                seed: int) -> tuple[float, float]:
+    """Mean and std of the scores of SFT samples (the normalisation PPO uses too)."""
+    completions = sample_completions(policy, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
+                                     pad_id=tokenizer.pad_token_id, batch_size=batch_size, seed=seed,
+                                     tag="rloo/score_norm")
+    scores = scorer(prompts, completions)
+    mean = sum(scores) / len(scores)
+    std = (sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) ** 0.5
+    return mean, max(std, 1e-6)
+
+
+def make_reward_func(scorer, mean: float, std: float):
+    """TRL reward function: normalised score of (prompt ids, sampled completion ids)."""
+    def normalised_score(prompts, completions, completion_ids, prompt_ids, **kwargs) -> list[float]:
+        return [(s - mean) / std for s in scorer(prompt_ids, completion_ids)]
+    return normalised_score
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    m, g = cfg.method, cfg.task.generation
+    device = pick_device(cfg.device)
+    sft_dir = Path(cfg.paths.sft) / "policy"
+    tokenizer = load_tokenizer(sft_dir)
+    if m.reward == "learned":
+        from baselines.reward_model import load_scorer
+        scorer = load_scorer(cfg, device)
+    elif m.reward == "gt":
+        from pipelines.reward import load_reward
+        scorer = text_scorer(load_reward(cfg), tokenizer)
+    else:
+        raise UserError(f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
+    pool = [x["prompt_ids"] for x in make_prefixes(
+        load_split(cfg.paths.data, "train"), tokenizer, m.n_prompts, cfg.task.prompt.min_tokens,
+        cfg.task.prompt.max_tokens, cfg.shared_seed, "train")]
+    policy = load_policy(sft_dir, device)
+    mean, std = 0.0, 1.0
+    if m.normalize_scores:
+        mean, std = score_stats(policy, scorer, pool[:m.score_norm_samples], tokenizer, g.max_new_tokens,
+                                g.batch_size, cfg.seed + 1)
+        log.info("rloo: score normalisation from %d SFT samples: mean %.4f, std %.4f", m.score_norm_samples, mean, std)
+    # TRL tokenises the prompt text itself; prompt_ids (the project's prefix ids) reach the reward function.
+    data = Dataset.from_dict({"prompt": tokenizer.batch_decode(pool), "prompt_ids": pool})
+    args = RLOOConfig(
+        output_dir=str(out_dir / "trainer"), per_device_train_batch_size=m.batch_size,
+        num_generations=m.num_generations, max_completion_length=g.max_new_tokens, temperature=g.temperature,
+        top_k=0, top_p=1.0, beta=m.beta, learning_rate=m.learning_rate, lr_scheduler_type="constant",
+        max_grad_norm=m.max_grad_norm, max_steps=m.total_steps, logging_steps=1, save_steps=m.save_steps,
+        save_total_limit=1, disable_dropout=True, bf16=use_bf16(cfg.model.precision),
+        gradient_checkpointing=False, report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"),
+        seed=cfg.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu")
+    trainer = RLOOTrainer(model=policy, reward_funcs=make_reward_func(scorer, mean, std), args=args,
+                          train_dataset=data, processing_class=tokenizer,
+                          callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"),
+                                     SnapshotPolicy(out_dir / "snapshots", m.eval_every, tokenizer)])
+    return {**train_and_save(trainer, tokenizer, out_dir), "n_prompts": len(data), "score_mean": mean, "score_std": std}
