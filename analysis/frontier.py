@@ -35,7 +35,7 @@ COLORS = {"sft": "black", "dpo": "tab:blue", "ipo": "tab:cyan", "cdpo": "navy", 
           "unlikelihood": "tab:olive", "bon": "tab:gray"}
 NAMES = {"sft": "SFT", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "ppo": "PPO", "ppo_gt": "PPO-GT", "rloo": "RLOO",
          "rloo_gt": "RLOO-GT", "bon": "Best-of-N", "preferred_ft": "Preferred-FT", "unlikelihood": "Unlikelihood"}
-PARAM_NAMES = {"dpo": "β", "ipo": "τ", "cdpo": "ε", "unlikelihood": "α", "bon": "N", "ppo": "KL target",
+PARAM_NAMES = {"dpo": "β", "ipo": "τ", "cdpo": "β", "unlikelihood": "α", "bon": "N", "ppo": "KL target",
                "ppo_gt": "KL target", "rloo": "β", "rloo_gt": "β"}
 SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs", "reward_model"]
 KL_BUDGETS = (1, 2, 5, 10)
