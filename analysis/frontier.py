@@ -39,6 +39,8 @@ PARAM_NAMES = {"dpo": "β", "ipo": "τ", "cdpo": "β", "unlikelihood": "α", "bo
                "ppo_gt": "KL target", "rloo": "β", "rloo_gt": "β"}
 SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs", "reward_model"]
 KL_BUDGETS = (1, 2, 5, 10)
+# What the win rates of each task are measured against (pipelines/winrate.py).
+REFERENCES = {"sentiment": "the SFT policy's completion"}
 # t_{0.975, dof} for dof = 1..30: scipy is not a dependency of the project, and seeds are few.
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -441,7 +443,8 @@ def final_checkpoints(df: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: str, n_examples: int) -> str:
+def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: str, n_examples: int,
+            winrate_lines: list[str] | None = None) -> str:
     shared = run_root / "shared"
     sft, rew, pairs, data, tok = (_done(shared / s) for s in ("sft", "reward", "pairs", "data", "tokenizer"))
     stage_times = []
@@ -484,7 +487,7 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
                    f"(trained on {rmm.get('n_train_pairs')}; best checkpoint at step {rmm.get('best_step')} of "
                    f"{rmm.get('steps')}). r* orders every pair correctly by construction.")
     out.append("")
-    out += reading(df) + final_checkpoints(df)
+    out += reading(df) + (winrate_lines or []) + final_checkpoints(df)
     out += ["## What the reward bought: completions of the same held-out prefixes", "",
             "Last checkpoint of one run per method and parameter (its smallest seed), first samples of the "
             "evaluation set (text as the tokenizer decodes it).", ""]
@@ -537,7 +540,10 @@ def main(argv: list[str] | None = None) -> None:
     df.to_csv(out_dir / "frontier.csv", index=False, float_format="%.6g")
     plot_frontier(df, out_dir / "frontier.png", f"{args.task} ({args.preset}): reward vs KL")
     plot_runs(df, out_dir / "frontier_runs.png", f"{args.task} ({args.preset})")
-    (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples))
+    from analysis import winrate  # after the frontier's own helpers are defined (it imports them)
+    lines = winrate.write(run_root, out_dir, args.task, args.preset, REFERENCES.get(args.task, "the reference"))
+    (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
+                                                lines))
     print(f"wrote {out_dir}/frontier.csv, frontier.png, frontier_runs.png, summary.md ({len(df)} points)")
 
 

@@ -277,6 +277,24 @@ def text_scorer(reward, tokenizer):
     return score
 
 
+def method_scorer(cfg: DictConfig, tokenizer, device):
+    """The reward an online method optimises: r_phi (method.reward=learned) or r* (gt), as a scorer on token ids."""
+    if cfg.method.reward == "learned":
+        from baselines.reward_model import load_scorer
+        return load_scorer(cfg, device)
+    if cfg.method.reward == "gt":
+        from pipelines.reward import load_reward
+        return text_scorer(load_reward(cfg), tokenizer)
+    raise UserError(f"method.reward must be 'learned' or 'gt', got '{cfg.method.reward}'")
+
+
+def train_prefixes(cfg: DictConfig, tokenizer, n: int) -> list[list[int]]:
+    """The first n train prefixes (token ids): the prompt pool of the online methods."""
+    return [x["prompt_ids"] for x in make_prefixes(
+        load_split(cfg.paths.data, "train"), tokenizer, n, cfg.task.prompt.min_tokens, cfg.task.prompt.max_tokens,
+        cfg.shared_seed, "train")]
+
+
 def _prompt_stream(prompts: list[list[int]], batch_size: int, seed: int, step: int) -> list[list[int]]:
     """Prompts of step `step`: passes over a seeded permutation of the pool, a pure function of (seed, step)."""
     n = len(prompts)
@@ -296,17 +314,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = pick_device(cfg.device)
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
-    if m.reward == "learned":
-        from baselines.reward_model import load_scorer
-        scorer = load_scorer(cfg, device)
-    elif m.reward == "gt":
-        from pipelines.reward import load_reward
-        scorer = text_scorer(load_reward(cfg), tokenizer)
-    else:
-        raise UserError(f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
-    pool = [x["prompt_ids"] for x in make_prefixes(
-        load_split(cfg.paths.data, "train"), tokenizer, m.n_prompts, cfg.task.prompt.min_tokens,
-        cfg.task.prompt.max_tokens, cfg.shared_seed, "train")]
+    scorer = method_scorer(cfg, tokenizer, device)
+    pool = train_prefixes(cfg, tokenizer, m.n_prompts)
     last, tmp = out_dir / "last", out_dir / "last.tmp"
     if not (last / "state.json").exists() and (tmp / "state.json").exists():
         # Interrupted between removing the old checkpoint and renaming the new one (state.json is written last,

@@ -16,12 +16,10 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from trl import RLOOConfig, RLOOTrainer
 
-from baselines.ppo import text_scorer
-from pipelines.common import UserError, pick_device, use_bf16
-from pipelines.data import load_split
+from baselines.ppo import method_scorer, train_prefixes
+from pipelines.common import pick_device, use_bf16
 from pipelines.dpo import SnapshotPolicy, train_and_save
 from pipelines.models import load_policy, load_tokenizer
-from pipelines.prompts import make_prefixes
 from pipelines.sampling import sample_completions
 from pipelines.tracking import JsonlMetrics, trainer_report_to
 
@@ -52,17 +50,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     device = pick_device(cfg.device)
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
-    if m.reward == "learned":
-        from baselines.reward_model import load_scorer
-        scorer = load_scorer(cfg, device)
-    elif m.reward == "gt":
-        from pipelines.reward import load_reward
-        scorer = text_scorer(load_reward(cfg), tokenizer)
-    else:
-        raise UserError(f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
-    pool = [x["prompt_ids"] for x in make_prefixes(
-        load_split(cfg.paths.data, "train"), tokenizer, m.n_prompts, cfg.task.prompt.min_tokens,
-        cfg.task.prompt.max_tokens, cfg.shared_seed, "train")]
+    scorer = method_scorer(cfg, tokenizer, device)
+    pool = train_prefixes(cfg, tokenizer, m.n_prompts)
     policy = load_policy(sft_dir, device)
     mean, std = 0.0, 1.0
     if m.normalize_scores:

@@ -16,7 +16,12 @@ from transformers import GenerationConfig
 
 def full_distribution_config(max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0
                              ) -> GenerationConfig:
-    """Ancestral sampling from softmax(logits / temperature) with every truncation switched off."""
+    """Ancestral sampling from softmax(logits / temperature) with every truncation switched off; temperature 0 is
+    greedy decoding (the win-rate sweep's T = 0)."""
+    if temperature == 0:
+        return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id,
+                                pad_token_id=pad_id, bos_token_id=None, min_new_tokens=0, repetition_penalty=1.0,
+                                no_repeat_ngram_size=0)
     return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None,
                             typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
                             max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
