@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from baselines import ppo, reward_model, rloo  # noqa: E402
-from pipelines import best_of_n, data, dpo, evaluate, likelihood, pairs, reward, sft, tokenizer  # noqa: E402
+from pipelines import best_of_n, data, dpo, evaluate, likelihood, pairs, reward, sft, tokenizer, winrate  # noqa: E402
 from pipelines.common import UserError  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
@@ -101,6 +101,10 @@ STAGES = {s.name: s for s in [
           lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method)),
     Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
+    # Keyed by the judge's identity (not its concurrency or retry settings), so a rerun with other limits resumes.
+    Stage("winrate", winrate.run, ("judge.backend", "judge.name", "judge.model", "judge.template", "task.winrate",
+                                   "task.generation", "seed"),
+          ("evaluate", "evaluate_sft"), lambda c: Path(c.paths.method) / "winrate" / c.judge.name),
 ]}
 
 

@@ -38,6 +38,13 @@ def validate(cfg: DictConfig) -> None:
     need(t.pairs.chunk_size >= 1, f"task.pairs.chunk_size must be >= 1, got {t.pairs.chunk_size}")
     need(t.eval.n_prompts >= 1, f"task.eval.n_prompts must be >= 1, got {t.eval.n_prompts}")
     need(t.eval.samples_per_prompt >= 1, f"task.eval.samples_per_prompt must be >= 1, got {t.eval.samples_per_prompt}")
+    w = t.get("winrate")
+    if w is not None:
+        need(1 <= w.n_prompts <= t.eval.n_prompts, f"task.winrate.n_prompts must be in 1..task.eval.n_prompts "
+                                                   f"({t.eval.n_prompts}): the references are SFT's evaluation "
+                                                   f"samples; got {w.n_prompts}")
+        need(len(w.temperatures) > 0 and all(0 <= x <= 2 for x in w.temperatures),
+             f"task.winrate.temperatures must be in [0, 2] (0 = greedy), got {list(w.temperatures)}")
     if not cfg.model.pretrained:
         a = cfg.model.arch
         need(a is not None, "model.arch is required when model.pretrained is null")

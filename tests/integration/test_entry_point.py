@@ -79,7 +79,7 @@ def test_sweep_trains_shared_stages_once(smoke_run):
         assert log.count(f"stage {stage:<9} running") == 1, stage
         assert log.count(f"stage {stage:<9} done, skipped") == 1, stage
     rerun = smoke_run["again"].stdout + smoke_run["again"].stderr
-    assert "running" not in rerun and rerun.count("skipped") == 8
+    assert "running" not in rerun and rerun.count("skipped") == 9
 
 
 @pytest.mark.parametrize("override,message,code", [
@@ -127,3 +127,17 @@ def test_seeds_are_aggregated_with_an_interval(smoke_run):
     # DPO's cell at KL 1 aggregates its seeds that reach KL 1: "mean ± half (n)" with n >= 2, or a lone mean
     assert "| KL | dpo |" in table
     assert (smoke_run["out"] / "frontier_runs.png").stat().st_size > 10_000
+
+
+def test_every_run_has_oracle_win_rates_against_sft(smoke_run):
+    wr = pd.read_csv(smoke_run["out"] / "winrates.csv")
+    assert set(wr.judge) == {"oracle"}
+    assert set(wr.method) == set(OTHER_METHODS) | {"dpo", "ppo", "ppo_gt"}
+    per_run = wr[wr.method != "bon"].groupby(["method", "param", "seed"], dropna=False).temperature.apply(sorted)
+    assert all(t == [0.0, 0.25, 0.5, 0.75, 1.0] for t in per_run)
+    assert (wr[wr.method == "bon"].temperature == 1.0).all()  # Best-of-N: its temperature-1 selections only
+    # every comparison answered: valid + invalid (oracle ties) = the 8 judged prefixes of the smoke preset
+    assert ((wr.n + wr.n_invalid) == 8).all() and wr.win_rate.between(0, 1).all()
+    assert (smoke_run["out"] / "winrate_vs_temperature.png").stat().st_size > 10_000
+    summary = (smoke_run["out"] / "summary.md").read_text()
+    assert "## Win rates against the SFT policy's completion" in summary and "**Judge: oracle**" in summary

@@ -40,7 +40,8 @@ def paper_cfg(local_models, tmp_path, *extra):
     return compose_cfg(["experiment=sentiment_paper", f"model.pretrained={local_models / 'gpt2-tiny'}",
                         "model.sft.block_size=32", "model.sft.batch_size=8", "task.data.source=local",
                         f"task.data.local_files={data}", f"task.reward.hf_id={local_models / 'siebert-tiny'}",
-                        "task.pairs.n_prompts=8", "task.eval.n_prompts=8", "task.generation.max_new_tokens=6",
+                        "task.pairs.n_prompts=8", "task.eval.n_prompts=8", "task.winrate.n_prompts=4",
+                        "task.generation.max_new_tokens=6",
                         "wandb.mode=disabled", f"paths.root={tmp_path / 'runs'}", *extra])
 
 
@@ -52,6 +53,10 @@ def test_paper_preset_runs_on_local_stand_ins(local_models, tmp_path):
     import json
     reward_metrics = json.loads(Path(cfg.paths.reward, "done.json").read_text())["metrics"]
     assert reward_metrics["kind"] == "hf_classifier" and 0 <= reward_metrics["test_accuracy"] <= 1
+    # win rates against SFT, judged by the oracle with the classifier's r*, at the paper's five temperatures
+    rates = json.loads(Path(cfg.paths.method, "winrate", "oracle", "winrates.json").read_text())
+    assert [r["temperature"] for r in rates] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(r["n"] + r["n_invalid"] == 4 for r in rates)
 
 
 def test_paper_ppo_gt_with_a_classifier_that_has_its_own_tokenizer(local_models, tmp_path):

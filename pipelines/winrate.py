@@ -1,0 +1,98 @@
+"""Win-rate stage, shared by every method: the final policy of a run against the task's reference, judged pairwise.
+
+For each temperature of task.winrate.temperatures (0 = greedy), sample one completion per held-out prefix from the
+run's final policy and ask the judge (conf/judge/: the oracle r*, a local LM, or any OpenAI-compatible endpoint)
+whether it beats the reference completion of the same prefix (sentiment: the SFT policy's sample from the
+evaluation stage). The order shown to the judge is randomised per comparison (seeded) and stored. Judgments go
+through the on-disk judge cache shared by the whole preset, so nothing is asked twice.
+Writes winrate/<judge>/winrates.json (per temperature: win rate, s.e., n, n_invalid) and judgments.jsonl.
+Best-of-N has no policy to sample at other temperatures; its stage reads its temperature-1 selections instead."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
+from pipelines.evaluate import FRONTIER_PARAM, test_prompts
+from pipelines.judge import Comparison, build_judge, load_template, run_judgments, run_options, win_rate
+from pipelines.models import load_policy, load_tokenizer
+from pipelines.reward import load_reward
+from pipelines.sampling import sample_completions
+
+log = logging.getLogger(__name__)
+
+
+def references(cfg: DictConfig, n: int) -> tuple[list[list[int]], list[dict]]:
+    """The first n held-out prefixes (token ids) and, for each, the SFT policy's completion from the evaluation
+    stage (its first sample of that prefix): the reference every method is judged against."""
+    path = Path(cfg.paths.sft) / "eval" / "step000000.samples.jsonl"
+    rows = read_jsonl(path)[::cfg.task.eval.samples_per_prompt]  # prompt-major: one row per prefix
+    if len(rows) < n:
+        raise UserError(f"task.winrate.n_prompts={n} but the SFT evaluation has only {len(rows)} prefixes "
+                        f"({path}); raise task.eval.n_prompts or lower task.winrate.n_prompts")
+    tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
+    return test_prompts(cfg, tokenizer, n), rows[:n]
+
+
+def _policy_completions(cfg: DictConfig, prompt_ids: list[list[int]], temperature: float) -> list[str]:
+    """Completion texts of the run's final policy at one temperature (same decoding as the evaluation stage)."""
+    device = pick_device(cfg.device)
+    policy_dir = Path(cfg.paths.method) / "policy"
+    tokenizer = load_tokenizer(policy_dir)
+    policy = load_policy(policy_dir, device)
+    g = cfg.task.generation
+    completions = sample_completions(policy, prompt_ids, max_new_tokens=g.max_new_tokens,
+                                     eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                     batch_size=g.batch_size, seed=cfg.seed, tag=f"winrate/T{temperature}",
+                                     temperature=temperature, desc=f"{cfg.method.tag} T={temperature}: sampling")
+    prompts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, completions)], skip_special_tokens=True)
+    # Byte-level BPE: decode together, then cut the prompt (as the evaluation stage does).
+    return [t[len(p):] if t.startswith(p) else tokenizer.decode(c) for p, t, c in zip(prompts, texts, completions)]
+
+
+def _best_of_n_completions(cfg: DictConfig, n_prompts: int) -> list[str]:
+    """Best-of-N's selections at the largest N (temperature 1 only: it has no policy of its own)."""
+    n = max(cfg.method.n_grid)
+    rows = read_jsonl(Path(cfg.paths.method) / "eval" / f"step{n:06d}.samples.jsonl")
+    if len(rows) < n_prompts:
+        raise UserError(f"best-of-{n} has selections for {len(rows)} prefixes, task.winrate.n_prompts={n_prompts}")
+    return [r["completion"] for r in rows[:n_prompts]]
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    w = cfg.task.winrate
+    prompt_ids, refs = references(cfg, w.n_prompts)
+    judge = build_judge(cfg.judge, reward=load_reward(cfg) if cfg.judge.backend == "oracle" else None)
+    template = load_template(w.template if cfg.judge.get("template") is None else cfg.judge.template)
+    is_bon = cfg.method.name == "bon"
+    temperatures = [1.0] if is_bon else list(w.temperatures)
+    param_key = FRONTIER_PARAM.get(cfg.method.name)
+    meta = {"method": cfg.method.name, "tag": cfg.method.tag, "seed": cfg.seed, "judge": cfg.judge.name,
+            "param": max(cfg.method.n_grid) if is_bon else
+            (OmegaConf.select(cfg.method, param_key) if param_key else None)}
+    results, all_rows = [], []
+    for temperature in temperatures:
+        if is_bon:
+            candidates = _best_of_n_completions(cfg, w.n_prompts)
+        else:
+            candidates = _policy_completions(cfg, prompt_ids, temperature)
+        comparisons = [Comparison(id=f"{cfg.method.tag}/seed{cfg.seed}/T{temperature}/{i}", prompt=r["prompt"],
+                                  candidate=c, reference=r["completion"])
+                       for i, (r, c) in enumerate(zip(refs, candidates))]
+        report = run_judgments(judge, template, comparisons, cache_dir=Path(cfg.paths.judge_cache), seed=cfg.seed,
+                               both_orders=w.both_orders, progress=False, **run_options(cfg.judge))
+        rate, se, n_valid, n_invalid = win_rate(report.primary)
+        row = {**meta, "temperature": temperature, "win_rate": rate, "win_rate_se": se, "n": n_valid,
+               "n_invalid": n_invalid, "calls": report.n_calls, "cached": report.n_cached,
+               "cost_usd": report.estimated_cost, "agreement": report.agreement_rate,
+               "position_bias": report.position_bias}
+        results.append(row)
+        all_rows += [{**j.to_dict(), "temperature": temperature} for j in report.judgments]
+        log.info("win rate %s T=%.2f vs %s (%s): %.3f +- %.3f (n %d, invalid %d)", cfg.method.tag, temperature,
+                 w.reference, cfg.judge.name, rate, se, n_valid, n_invalid)
+    write_jsonl(out_dir / "judgments.jsonl", all_rows)
+    atomic_write_json(out_dir / "winrates.json", results)
+    return {"points": len(results)}
