@@ -74,6 +74,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             "param": max(cfg.method.n_grid) if is_bon else
             (OmegaConf.select(cfg.method, param_key) if param_key else None)}
     results, all_rows = [], []
+    # judge_dry_run=true: sample, count the judge calls not yet cached and their estimated cost, judge nothing.
+    dry_run, needed, cost = bool(cfg.get("judge_dry_run", False)), 0, 0.0
     for temperature in temperatures:
         if is_bon:
             candidates = _best_of_n_completions(cfg, w.n_prompts)
@@ -83,7 +85,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                   candidate=c, reference=r["completion"])
                        for i, (r, c) in enumerate(zip(refs, candidates))]
         report = run_judgments(judge, template, comparisons, cache_dir=Path(cfg.paths.judge_cache), seed=cfg.seed,
-                               both_orders=w.both_orders, progress=False, **run_options(cfg.judge))
+                               both_orders=w.both_orders, progress=False, dry_run=dry_run, **run_options(cfg.judge))
+        if dry_run:
+            needed += report.n_calls_needed
+            cost += report.estimated_cost
+            continue
         rate, se, n_valid, n_invalid = win_rate(report.primary)
         row = {**meta, "temperature": temperature, "win_rate": rate, "win_rate_se": se, "n": n_valid,
                "n_invalid": n_invalid, "calls": report.n_calls, "cached": report.n_cached,
@@ -93,6 +99,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         all_rows += [{**j.to_dict(), "temperature": temperature} for j in report.judgments]
         log.info("win rate %s T=%.2f vs %s (%s): %.3f +- %.3f (n %d, invalid %d)", cfg.method.tag, temperature,
                  w.reference, cfg.judge.name, rate, se, n_valid, n_invalid)
+    if dry_run:
+        raise UserError(f"judge dry run for {cfg.method.tag} seed {cfg.seed}: {needed} call(s) to {cfg.judge.name} "
+                        f"({cfg.judge.model}) needed over {len(temperatures)} temperature(s), estimated cost "
+                        f"{cost:.4f} at {cfg.judge.price_in_per_m:g}/{cfg.judge.price_out_per_m:g} per 1M input/output "
+                        f"tokens; nothing was judged or written (drop judge_dry_run to run it)")
     write_jsonl(out_dir / "judgments.jsonl", all_rows)
     atomic_write_json(out_dir / "winrates.json", results)
     return {"points": len(results)}

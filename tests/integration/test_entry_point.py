@@ -141,3 +141,15 @@ def test_every_run_has_oracle_win_rates_against_sft(smoke_run):
     assert (smoke_run["out"] / "winrate_vs_temperature.png").stat().st_size > 10_000
     summary = (smoke_run["out"] / "summary.md").read_text()
     assert "## Win rates against the SFT policy's completion" in summary and "**Judge: oracle**" in summary
+
+
+def test_judge_dry_run_counts_calls_and_writes_nothing(smoke_run):
+    """An OpenAI judge in dry-run mode: no key, no server, no calls; it says how many calls the run would make."""
+    proc = run(["-m", "pipelines.run", *smoke_run["common"], "method.beta=1.0", "judge=openai", "judge_dry_run=true",
+                f"hydra.run.dir={smoke_run['tmp']}/dry"], smoke_run["tmp"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    # 8 prefixes x 5 temperatures, none cached
+    assert "judge dry run for dpo_beta1.0 seed 0: 40 call(s) to openai (gpt-4o-mini)" in proc.stderr
+    run_dir = smoke_run["tmp"] / "runs" / "sentiment" / "smoke" / "seed0" / "dpo_beta1.0"
+    assert not (run_dir / "winrate" / "openai" / "winrates.json").exists()
+    assert (run_dir / "winrate" / "oracle" / "winrates.json").exists()
