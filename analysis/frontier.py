@@ -55,7 +55,9 @@ def t975(dof: int) -> float:
 
 def load_points(run_root: Path) -> pd.DataFrame:
     """One row per evaluated checkpoint, from every eval/step*.json under run_root."""
-    rows = [json.loads(p.read_text()) for p in sorted(run_root.glob("**/eval/step*.json"))]
+    # Only finished evaluations: a run still being evaluated would enter with part of its checkpoints.
+    rows = [json.loads(p.read_text()) for p in sorted(run_root.glob("**/eval/step*.json"))
+            if (p.parent / "done.json").exists()]
     if not rows:
         raise SystemExit(f"no evaluated checkpoints under {run_root}: run the pipeline first")
     df = pd.DataFrame(rows)
@@ -118,11 +120,34 @@ def interpolate_front(points: pd.DataFrame, kl_grid) -> np.ndarray:
     return np.interp(grid, xs, ys, left=np.nan, right=np.nan)
 
 
+def _complete_seeds(df: pd.DataFrame, method: str) -> tuple[list, list]:
+    """(complete, incomplete) seeds of `method`: a seed is complete when it has every setting any seed of the
+    method has. A seed still being trained has a front over fewer settings, which is not the same frontier."""
+    rows = df[df.method == method]
+    settings = {s: set(g.param.fillna(-1.0)) for s, g in rows.groupby("seed")}
+    full = set().union(*settings.values()) if settings else set()
+    complete = sorted(s for s, ps in settings.items() if ps >= full)
+    return complete, sorted(set(settings) - set(complete))
+
+
 def _seed_points(df: pd.DataFrame, method: str) -> list[pd.DataFrame]:
-    """Each seed's checkpoints of `method` (all params and steps), each with the shared SFT point appended."""
+    """Each complete seed's checkpoints of `method` (all params and steps), each with the shared SFT point."""
     sft = df[df.method == "sft"]
-    groups = [g for _, g in df[df.method == method].groupby("seed", dropna=False)]
+    complete, _ = _complete_seeds(df, method)
+    groups = [g for s, g in df[df.method == method].groupby("seed", dropna=False) if s in complete]
     return [pd.concat([g, sft]) if len(sft) else g for g in groups]
+
+
+def incomplete_note(df: pd.DataFrame) -> list[str]:
+    """Which seeds are left out of the seed statistics because they lack some of their method's settings."""
+    notes = []
+    for method in _methods(df):
+        complete, partial = _complete_seeds(df, method)
+        if partial:
+            notes.append(f"{NAMES.get(method, method)} seed{'s' if len(partial) > 1 else ''} "
+                         f"{', '.join(str(int(s)) for s in partial)}")
+    return [f"Left out of the seed statistics (not every setting evaluated yet): {'; '.join(notes)}. Their points "
+            "are in frontier.csv and frontier_runs.png.", ""] if notes else []
 
 
 def _across_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -382,7 +407,7 @@ def reading(df: pd.DataFrame) -> list[str]:
         return []
     table = seed_table(df)
     r0, se0 = float(sft.reward.iloc[0]), float(sft.reward_se.iloc[0])
-    lines = ["## Reading", "", verdict(table), "", f"- SFT (π_ref): r* = {r0:.4f} ± {se0:.4f}."]
+    lines = ["## Reading", "", verdict(table), "", *incomplete_note(df), f"- SFT (π_ref): r* = {r0:.4f} ± {se0:.4f}."]
     for method in _methods(df):
         group = df[df.method == method]
         finals = group.loc[group.groupby(["param", "seed"], dropna=False)["step"].idxmax()]

@@ -174,6 +174,7 @@ def write_runs(root):
         path = root / where / "eval" / f"step{d['step']:06d}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(full))
+        (path.parent / "done.json").write_text("{}")  # a finished evaluation (the analysis reads only those)
         return path
 
     for method, param, seed, step, kl, reward, se in seeds_table().itertuples(index=False):
@@ -229,3 +230,15 @@ def test_plots_are_written_with_best_of_n_and_several_seeds(tmp_path):
     plot_frontier(df, tmp_path / "front.png", "test")
     plot_runs(df, tmp_path / "runs.png", "test")
     assert (tmp_path / "front.png").stat().st_size > 10_000 and (tmp_path / "runs.png").stat().st_size > 10_000
+
+
+def test_a_seed_missing_settings_is_left_out_of_the_seed_statistics():
+    # seed 1 has only beta 0.1 of DPO's two settings (still training): its front would be a different frontier
+    rows = [("sft", None, 0, 0, 0.0, 0.50, 0.01),
+            ("dpo", 0.1, 0, 10, 2.0, 0.60, 0.01), ("dpo", 1.0, 0, 10, 1.0, 0.58, 0.01),
+            ("dpo", 0.1, 1, 10, 2.0, 0.90, 0.01)]
+    df = pd.DataFrame(rows, columns=COLS)
+    t = seed_table(df, budgets=(1, 2)).set_index(["method", "kl"])
+    assert t.loc[("dpo", 2)].n_seeds == 1 and t.loc[("dpo", 2)]["mean"] == pytest.approx(0.60)
+    text = "\n".join(reading(df))
+    assert "Left out of the seed statistics (not every setting evaluated yet): DPO seed 1." in text
