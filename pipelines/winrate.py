@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
 from pipelines.evaluate import FRONTIER_PARAM, test_prompts
-from pipelines.judge import Comparison, build_judge, load_template, run_judgments, run_options, win_rate
+from pipelines.judge import (Comparison, JudgeStopped, build_judge, load_template, run_judgments, run_options,
+                             win_rate)
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.reward import load_reward
 from pipelines.sampling import sample_completions
@@ -36,12 +37,9 @@ def references(cfg: DictConfig, n: int) -> tuple[list[list[int]], list[dict]]:
     return test_prompts(cfg, tokenizer, n), rows[:n]
 
 
-def _policy_completions(cfg: DictConfig, prompt_ids: list[list[int]], temperature: float) -> list[str]:
+def _policy_completions(cfg: DictConfig, policy, tokenizer, prompt_ids: list[list[int]], temperature: float
+                        ) -> list[str]:
     """Completion texts of the run's final policy at one temperature (same decoding as the evaluation stage)."""
-    device = pick_device(cfg.device)
-    policy_dir = Path(cfg.paths.method) / "policy"
-    tokenizer = load_tokenizer(policy_dir)
-    policy = load_policy(policy_dir, device)
     g = cfg.task.generation
     completions = sample_completions(policy, prompt_ids, max_new_tokens=g.max_new_tokens,
                                      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
@@ -73,6 +71,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     meta = {"method": cfg.method.name, "tag": cfg.method.tag, "seed": cfg.seed, "judge": cfg.judge.name,
             "param": max(cfg.method.n_grid) if is_bon else
             (OmegaConf.select(cfg.method, param_key) if param_key else None)}
+    if not is_bon:
+        policy_dir = Path(cfg.paths.method) / "policy"
+        tokenizer, policy = load_tokenizer(policy_dir), load_policy(policy_dir, pick_device(cfg.device))
     results, all_rows = [], []
     # judge_dry_run=true: sample, count the judge calls not yet cached and their estimated cost, judge nothing.
     dry_run, needed, cost = bool(cfg.get("judge_dry_run", False)), 0, 0.0
@@ -80,12 +81,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if is_bon:
             candidates = _best_of_n_completions(cfg, w.n_prompts)
         else:
-            candidates = _policy_completions(cfg, prompt_ids, temperature)
+            candidates = _policy_completions(cfg, policy, tokenizer, prompt_ids, temperature)
         comparisons = [Comparison(id=f"{cfg.method.tag}/seed{cfg.seed}/T{temperature}/{i}", prompt=r["prompt"],
                                   candidate=c, reference=r["completion"])
                        for i, (r, c) in enumerate(zip(refs, candidates))]
-        report = run_judgments(judge, template, comparisons, cache_dir=Path(cfg.paths.judge_cache), seed=cfg.seed,
-                               both_orders=w.both_orders, progress=False, dry_run=dry_run, **run_options(cfg.judge))
+        try:
+            report = run_judgments(judge, template, comparisons, cache_dir=Path(cfg.paths.judge_cache),
+                                   seed=cfg.seed, both_orders=w.both_orders, progress=False, dry_run=dry_run,
+                                   **run_options(cfg.judge))
+        except JudgeStopped as err:  # the endpoint keeps failing: stop cleanly, answers so far are cached
+            raise UserError(f"win rates of {cfg.method.tag} seed {cfg.seed} at T={temperature}: {err}") from None
         if dry_run:
             needed += report.n_calls_needed
             cost += report.estimated_cost

@@ -153,3 +153,14 @@ def test_judge_dry_run_counts_calls_and_writes_nothing(smoke_run):
     run_dir = smoke_run["tmp"] / "runs" / "sentiment" / "smoke" / "seed0" / "dpo_beta1.0"
     assert not (run_dir / "winrate" / "openai" / "winrates.json").exists()
     assert (run_dir / "winrate" / "oracle" / "winrates.json").exists()
+
+
+def test_an_unreachable_judge_stops_cleanly(smoke_run, monkeypatch):
+    """Connection refused on every call: the stage stops after the configured failures with one clear message."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    proc = run(["-m", "pipelines.run", *smoke_run["common"], "method.beta=1.0", "judge=openai",
+                "judge.base_url=http://127.0.0.1:9/v1", "judge.max_retries=0", "judge.max_consecutive_failures=2",
+                f"hydra.run.dir={smoke_run['tmp']}/refused"], smoke_run["tmp"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "win rates of dpo_beta1.0 seed 0 at T=0.0: judging stopped after" in proc.stderr
+    assert "sk-test-not-a-real-key" not in proc.stdout + proc.stderr
