@@ -11,14 +11,24 @@ TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/d
 # Extra Hydra overrides for the reproduce targets, e.g. ARGS="wandb.mode=online"
 ARGS ?=
 # Methods the reproduce targets sweep, each over its preset grid (conf/method_preset/<experiment>/<method>.yaml).
-# A subset: make reproduce-sentiment METHODS="dpo ppo"
-METHODS ?= dpo ipo cdpo ppo ppo_gt rloo rloo_gt bon preferred_ft unlikelihood
+# A subset: make reproduce-sentiment METHODS="dpo ppo". Listed longest first: make starts parallel jobs in this order.
+METHODS ?= ppo ppo_gt dpo unlikelihood ipo rloo rloo_gt cdpo bon preferred_ft
 # Seeds of the method stages (SFT, r*, pairs and the reward model are shared by all seeds).
 SEEDS ?= 0
 comma := ,
 SEED_LIST = $(subst $(eval) ,$(comma),$(strip $(SEEDS)))
+# Method sweeps run as JOBS parallel jobs (make's own job server), JOB_THREADS torch threads each; the shared stages
+# run first, alone, on every core. Two 1-thread jobs do ~30 % more work than one 2-thread job on 2 cores.
+# reproduce-sentiment-paper runs PAPER_JOBS jobs (one GPU: 1).
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+JOBS ?= 2
+PAPER_JOBS ?= 1
+JOB_THREADS ?= $(shell n=$$(( $(NPROC) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
+SHARED_PIPELINE := [data,tokenizer,sft,reward,evaluate_sft,pairs,reward_model]
+# Where the parallel jobs write their logs (one file per method).
+LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
 
-.PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper analyze-sentiment test test-all bench clean-runs
+.PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper sweep analyze-sentiment test test-all bench bench-e2e clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -32,16 +42,36 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)
 
-reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, reward model, every method's sweep (SEEDS, METHODS), frontier
-	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_embedded method=$$m seed=$(SEED_LIST) $(ARGS) || exit 1; done
+reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, reward model, every method's sweep (SEEDS, METHODS, JOBS), frontier
+	@$(MAKE) --no-print-directory sweep EXPERIMENT=sentiment_embedded
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment SEEDS=\"$(SEEDS)\" METHODS=\"$(METHODS)\""
 
 reproduce-sentiment-seeds: ## the multi-seed frontier of every method: reproduce-sentiment with SEEDS="0 1 2"
 	$(MAKE) reproduce-sentiment SEEDS="0 1 2"
 
 reproduce-sentiment-paper: $(VENV)/.installed ## paper scale (gpt2-large, IMDb, siebert; GPUs and Hub access needed)
-	@for m in $(METHODS); do $(PY) -m pipelines.run --multirun experiment=sentiment_paper method=$$m seed=$(SEED_LIST) $(ARGS) || exit 1; done
+	@$(MAKE) --no-print-directory sweep EXPERIMENT=sentiment_paper JOBS=$(PAPER_JOBS)
 	$(PY) -m analysis.frontier --task sentiment --preset paper --command "make reproduce-sentiment-paper"
+
+# The shared stages once (all cores), then one multirun per method, JOBS at a time, then the time it all took.
+sweep:
+	@test -n "$(EXPERIMENT)" || { echo "sweep needs EXPERIMENT=<conf/experiment name>"; exit 2; }
+	@mkdir -p $(LOGS) && date +%s > $(LOGS)/.sweep_start
+	$(PY) -m pipelines.run experiment=$(EXPERIMENT) 'pipeline=$(SHARED_PIPELINE)' threads=$(NPROC) $(ARGS)
+	@$(MAKE) --no-print-directory -j$(JOBS) $(addprefix method-,$(METHODS))
+	@echo "$(EXPERIMENT): shared stages and $(words $(METHODS)) method sweep(s), seeds $(SEEDS), took" \
+	  "$$(( ($$(date +%s) - $$(cat $(LOGS)/.sweep_start)) / 60 )) min with $(JOBS) job(s) x $(JOB_THREADS) thread(s)"
+
+# One method's sweep over its preset grid. With JOBS > 1 its output goes to $(LOGS)/<method>.log.
+method-%:
+	@if [ "$(JOBS)" = 1 ]; then \
+	  $(PY) -m pipelines.run --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS); \
+	else \
+	  log=$(LOGS)/$*.log; mkdir -p $(LOGS); start=$$(date +%s); echo "[$*] started (log: $$log)"; \
+	  if $(PY) -m pipelines.run --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS) > $$log 2>&1; then \
+	    echo "[$*] done in $$(( ($$(date +%s) - start) / 60 )) min"; \
+	  else echo "[$*] FAILED; the end of $$log:"; tail -n 40 $$log; exit 1; fi; \
+	fi
 
 analyze-sentiment: $(VENV)/.installed ## rebuild frontier.csv/png and summary.md from finished runs
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"
@@ -52,8 +82,11 @@ test: $(VENV)/.installed ## offline test suite (default: fast tests only, a few 
 test-all: $(VENV)/.installed ## every test, slow ones included
 	$(PY) -m pytest -q -m ''
 
-bench: $(VENV)/.installed ## time sampling, log-probs, SFT and DPO steps (idle machine); writes results/bench/
+bench: $(VENV)/.installed ## time sampling, log-probs, SFT, DPO and PPO steps, evaluation (idle machine); writes results/bench/
 	$(PY) -m pipelines.bench
+
+bench-e2e: $(VENV)/.installed ## time make reproduce-sentiment from an empty runs/ (idle machine); writes results/bench/e2e-*
+	$(PY) -m pipelines.bench --e2e --make-args "$(BENCH_MAKE_ARGS)"
 
 clean-runs: ## delete training outputs under runs/ (results/ is kept)
 	rm -rf runs

@@ -567,8 +567,10 @@ def main(argv: list[str] | None = None) -> None:
     plot_runs(df, out_dir / "frontier_runs.png", f"{args.task} ({args.preset})")
     from analysis import winrate  # after the frontier's own helpers are defined (it imports them)
     lines = winrate.write(run_root, out_dir, args.task, args.preset, REFERENCES.get(args.task, "the reference"))
+    from analysis import cost
+    cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
-                                                lines))
+                                                lines) + "\n".join(cost_lines))
     print(f"wrote {out_dir}/frontier.csv, frontier.png, frontier_runs.png, summary.md ({len(df)} points)")
 
 

@@ -32,6 +32,7 @@ from transformers import AutoModel
 
 from baselines import ppo_math as pm
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl
+from pipelines.cost import meter
 from pipelines.data import load_split
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.prompts import make_prefixes
@@ -60,7 +61,7 @@ class ValueModel(torch.nn.Module):
         head = Path(folder) / "value_head.safetensors"
         if head.exists():
             model.head.load_state_dict(load_file(str(head)))
-        return model.eval()
+        return meter(model.eval())
 
     def save(self, folder: Path) -> None:
         self.trunk.save_pretrained(str(folder), safe_serialization=True)

@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer
 
 from pipelines.common import UserError, pick_device, read_jsonl, use_bf16
+from pipelines.cost import meter
 from pipelines.models import load_tokenizer
 from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
@@ -62,6 +63,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    meter(model)
     steps_per_epoch = -(-len(train) // r.batch_size)
     args = RewardConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=r.epochs, learning_rate=r.learning_rate,
@@ -104,6 +106,7 @@ class RewardModelScorer:
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 64):
         self.model = AutoModelForSequenceClassification.from_pretrained(
             str(folder), use_safetensors=True, trust_remote_code=False).to(device).eval()
+        meter(self.model)
         self.pad_id = self.model.config.pad_token_id
         self.device, self.batch_size = device, batch_size
 

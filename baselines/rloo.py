@@ -18,6 +18,7 @@ from trl import RLOOConfig, RLOOTrainer
 
 from baselines.ppo import method_scorer, train_prefixes
 from pipelines.common import pick_device, use_bf16
+from pipelines.cost import meter
 from pipelines.dpo import SnapshotPolicy, train_and_save
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.sampling import sample_completions
@@ -72,4 +73,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                           train_dataset=data, processing_class=tokenizer,
                           callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"),
                                      SnapshotPolicy(out_dir / "snapshots", m.eval_every, tokenizer)])
+    if getattr(trainer, "ref_model", None) is not None:  # TRL loads the KL reference itself (beta > 0)
+        meter(trainer.ref_model)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_prompts": len(data), "score_mean": mean, "score_std": std}

@@ -1,18 +1,28 @@
-"""Micro-benchmarks of the embedded default's hot paths (make bench): sampling, sequence log-probs, one SFT step,
-one DPO step of TRL and one PPO step of ours, on a model of the embedded default's shape with random weights.
+"""Benchmarks of the embedded default (make bench, make bench-e2e).
+
+Micro-benchmarks of the hot paths on a model of the embedded default's shape with random weights: sampling,
+sequence log-probs, one SFT step, DPO steps of TRL (with a reference forward pass, and with the reference log-probs
+stored by the pairs stage), one PPO step of ours, and the evaluation of one checkpoint (sampling on the preset's
+held-out prefixes, policy and reference log-probs).
 
   python -m pipelines.bench [--out results/bench] [--repeats 5]
+  python -m pipelines.bench --e2e [--make-args "JOBS=2"]   # times `make reproduce-sentiment` from an empty runs/
 
-Writes <out>/<device>.json and .md. Run it on an idle machine: another process on the cores slows every number.
+Writes <out>/<device>.json and .md (and e2e-<device>.json/.md). Run on an idle machine: another process on the
+cores slows every number, by 5-10x on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import statistics
+import subprocess
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -21,7 +31,7 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
 from trl import DPOConfig
 
-from pipelines.common import versions
+from pipelines.common import git_sha, versions
 from pipelines.dpo import SampledTokenDPOTrainer
 from pipelines.sampling import sample_completions, sequence_logprobs
 
@@ -58,11 +68,71 @@ def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t0", pad_token="t0", unk_token="t1")
 
 
+def _summary(times: list[float]) -> dict:
+    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "repeats": len(times)}
+
+
+def machine() -> str:
+    """The machine in one line: cores, processor, memory."""
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+        cpu = name or cpu
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"Machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB{gpu}; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads.")
+
+
+def end_to_end(out: Path, make_args: list[str]) -> None:
+    """Time `make reproduce-sentiment` from a state where only the venv and the data cache exist (an empty runs
+    folder), then add up what the done-markers say each stage took."""
+    runs = Path(os.environ.get("RVD_RUNS", "runs"))
+    if runs.exists() and any(runs.iterdir()):
+        raise SystemExit(f"the end-to-end benchmark starts from an empty {runs}/: move it aside (or set RVD_RUNS to "
+                         "an empty folder) and rerun")
+    command = ["make", "reproduce-sentiment", *make_args]
+    sha, start = git_sha(), time.time()
+    subprocess.run(command, check=True)
+    seconds = time.time() - start
+    stages: dict[str, float] = {}
+    for done in runs.glob("**/done.json"):
+        d = json.loads(done.read_text())
+        key = d["stage"] if "shared" in done.parts else f"method {d['stage']}"
+        stages[key] = stages.get(key, 0.0) + d["wall_time_s"]
+    record = {"command": shlex.join(command), "seconds": round(seconds, 1), "git_sha": sha,
+              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "stage_seconds": {k: round(v, 1) for k, v in sorted(stages.items())}}
+    out.mkdir(parents=True, exist_ok=True)
+    slug = f"e2e-cpu-{os.cpu_count()}cores" if not torch.cuda.is_available() else \
+        f"e2e-{torch.cuda.get_device_name().replace(' ', '_')}"
+    (out / f"{slug}.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# End-to-end: `{record['command']}`", "",
+             f"**{seconds / 60:.1f} min** from an empty runs folder (venv and data cache present), at "
+             f"`{sha}`, finished {record['finished_at']}. {record['machine']}", "",
+             "Stage wall times summed over all runs (parallel jobs overlap, so the sum exceeds the total):", "",
+             "| stage | minutes |", "|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} |" for k, v in record["stage_seconds"].items()]
+    (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--eval-prefixes", type=int, default=None,
+                    help="held-out prefixes of the evaluation benchmark (default: the preset's task.eval.n_prompts)")
+    ap.add_argument("--e2e", action="store_true", help="time make reproduce-sentiment instead")
+    ap.add_argument("--make-args", default="", help="extra make arguments for --e2e, e.g. 'JOBS=2'")
     args = ap.parse_args(argv)
+    if args.e2e:
+        end_to_end(Path(args.out), shlex.split(args.make_args))
+        return
     model_cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
     task_cfg = OmegaConf.load(CONF / "task" / "sentiment.yaml")
     a, vocab = model_cfg.arch, model_cfg.tokenizer.vocab_size
@@ -110,8 +180,16 @@ def main(argv: list[str] | None = None) -> None:
                                          callbacks=[timer := _StepTimer()])
         trainer.train()
         step_times = timer.times[1:]  # the first step warms up
-    results["dpo_step_32_pairs"] = {"median_s": round(statistics.median(step_times), 4),
-                                    "min_s": round(min(step_times), 4), "repeats": len(step_times)}
+        results["dpo_step_32_pairs"] = _summary(step_times)
+        # The same steps reading the reference log-probs stored by the pairs stage (no reference model).
+        stored = pairs.add_column("ref_chosen_logps", [-50.0] * n_pairs).add_column("ref_rejected_logps",
+                                                                                  [-50.0] * n_pairs)
+        dpo_args.precompute_ref_log_probs = True
+        trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=None, args=dpo_args,
+                                         train_dataset=stored, processing_class=_tokenizer(vocab),
+                                         callbacks=[timer := _StepTimer()])
+        trainer.train()
+        results["dpo_step_32_pairs_stored_ref_logps"] = _summary(timer.times[1:])
     # One PPO step with the embedded preset's PPO settings (rollout, scoring, all PPO epochs); a cheap stand-in
     # scorer, so the number is PPO's own cost (add the reward model's forward for method=ppo).
     from baselines.ppo import PPO, ValueModel
@@ -128,6 +206,24 @@ def main(argv: list[str] | None = None) -> None:
     step = iter(range(10 ** 6))
     results[f"ppo_step_{ppo_cfg.batch_size}_rollouts_{ppo_cfg.ppo_epochs}_epochs"] = _timed(
         lambda: ppo.step(next(step), ppo_prompts), args.repeats)
+    # The evaluation of one checkpoint: the preset's held-out prefixes, one sample each, policy and reference
+    # log-probs (a stand-in reward: r* is a TF-IDF model, negligible next to this).
+    from pipelines.evaluate import evaluate_policy
+
+    n_eval = args.eval_prefixes or task_cfg.eval.n_prompts * task_cfg.eval.samples_per_prompt
+    eval_prompts = [prompts[i % batch] for i in range(n_eval)]
+    tok = _tokenizer(vocab)
+    results[f"evaluate_checkpoint_{n_eval}_prefixes"] = _timed(lambda: evaluate_policy(
+        policy, ppo_policy, tok, lambda texts: [0.5] * len(texts), eval_prompts, max_new_tokens=new_tokens,
+        batch_size=batch, seed=0), max(1, args.repeats // 2))
+    tokens = {f"sample_{batch}x{new_tokens}_tokens": batch * new_tokens,
+              f"sequence_logprobs_{batch}_sequences": sum(len(p) + len(c) for p, c in zip(prompts, completions)),
+              f"sft_step_{sft.batch_size}x{sft.block_size}": sft.batch_size * sft.block_size,
+              "dpo_step_32_pairs": 2 * sum(len(prompts[i % batch]) + len(completions[i % batch]) for i in range(32)),
+              f"evaluate_checkpoint_{n_eval}_prefixes": n_eval * new_tokens}
+    tokens["dpo_step_32_pairs_stored_ref_logps"] = tokens["dpo_step_32_pairs"]
+    for name, n in tokens.items():
+        results[name]["tokens"] = n
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     record = {"device": device_name, "machine": platform.machine(), "processor": platform.processor(),
               "model": OmegaConf.to_container(a), "vocab": vocab,
@@ -138,9 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     (out / f"{slug}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# Benchmarks on {device_name}", "", f"Model: GPT-2 {a.n_layer}x{a.n_embd}, vocab {vocab}, "
              f"{record['n_params'] / 1e6:.2f}M parameters (the embedded default's shape, random weights). "
-             "Command: `make bench`.", "", "| operation | seconds |", "|---|---|"]
+             f"Command: `make bench`. {machine()}", "",
+             "Tokens: generated (sampling, evaluation), or token positions through the model (log-probs, training "
+             "steps, both sequences of a pair).", "",
+             "| operation | seconds | tokens | tokens / s |", "|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['median_s']} (median of {r['repeats']}) |")
+        n = r.get("tokens")
+        rate = f"{n / r['median_s']:.0f}" if n else ""
+        lines.append(f"| {name} | {r['median_s']} (median of {r['repeats']}) | {n or ''} | {rate} |")
     (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -21,6 +21,8 @@ from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, tr
 
 log = logging.getLogger(__name__)
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+# log pi_SFT of each pair's completions, stored by the pairs stage (pipelines/pairs.py)
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 class SampledTokenDPOTrainer(DPOTrainer):
@@ -31,6 +33,13 @@ class SampledTokenDPOTrainer(DPOTrainer):
         if missing:
             raise ValueError(f"{dataset_name} dataset needs token-id columns {ID_COLUMNS}; missing {missing}")
         return dataset
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # The pairs stage stored the reference log-probs (computed once per preset, shared by every run); TRL's
+        # collator and loss read these columns as they read its own precomputed ones.
+        if set(REF_COLUMNS) <= set(dataset.column_names):
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
 
 class SnapshotPolicy(TrainerCallback):
@@ -54,11 +63,13 @@ class SnapshotPolicy(TrainerCallback):
             self._save(model, state.global_step)
 
 
-def load_pairs(pairs_dir: Path) -> Dataset:
+def load_pairs(pairs_dir: Path, with_ref_logps: bool = False) -> Dataset:
+    """The pairs as token ids; with_ref_logps adds the stored reference log-probs (when every pair has them)."""
     rows = read_jsonl(Path(pairs_dir) / "pairs.jsonl")
     if not rows:
         raise UserError(f"{pairs_dir}/pairs.jsonl has no pairs (all ties?); sample more prompts")
-    return Dataset.from_dict({c: [r[c] for r in rows] for c in ID_COLUMNS})
+    columns = ID_COLUMNS + (REF_COLUMNS if with_ref_logps and all(c in r for r in rows for c in REF_COLUMNS) else ())
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
 
 
 def loss_options(m: DictConfig) -> dict:
@@ -110,11 +121,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     m = cfg.method
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
-    policy, ref = load_policy(sft_dir), load_policy(sft_dir)
-    pairs = load_pairs(cfg.paths.pairs)
-    args = DPOConfig(beta=m.beta, max_length=None, **loss_options(m), **training_args(cfg, out_dir))
+    pairs = load_pairs(cfg.paths.pairs, with_ref_logps=True)
+    stored = set(REF_COLUMNS) <= set(pairs.column_names)
+    policy = load_policy(sft_dir)
+    # With the stored reference log-probs no reference model is needed; pairs made before they were stored fall back
+    # to a reference forward pass per step.
+    ref = None if stored else load_policy(sft_dir)
+    args = DPOConfig(beta=m.beta, max_length=None, precompute_ref_log_probs=stored, **loss_options(m),
+                     **training_args(cfg, out_dir))
     trainer = SampledTokenDPOTrainer(
         model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer,
         callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", m.eval_every,
                                                                              tokenizer)])
-    return {**train_and_save(trainer, tokenizer, out_dir), "n_pairs": len(pairs)}
+    return {**train_and_save(trainer, tokenizer, out_dir), "n_pairs": len(pairs), "stored_ref_logps": stored}

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from pipelines.common import hub_hint
+from pipelines.cost import meter
 
 EOS = "<|endoftext|>"
 
@@ -49,7 +50,7 @@ def build_policy(model_cfg: DictConfig, tokenizer) -> torch.nn.Module:
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=a.n_positions, n_embd=a.n_embd, n_layer=a.n_layer,
                         n_head=a.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
-    return GPT2LMHeadModel(config)
+    return meter(GPT2LMHeadModel(config))
 
 
 def load_policy(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -59,7 +60,7 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", dtype: tor
                                                      dtype=dtype)
     except OSError as err:
         raise hub_hint(str(path), err) from None
-    return model.to(device).eval()
+    return meter(model.to(device).eval())
 
 
 def context_length(model) -> int:

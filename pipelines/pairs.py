@@ -1,6 +1,10 @@
 """Preference-pair stage (paper, sentiment): for each train prefix, sample k completions from the SFT policy,
 score them with r*, and turn every pair of the k into a (chosen, rejected) pair by r* (k=4 -> 6 pairs).
 Exact ties are dropped and counted. Pairs keep the sampled token ids, so DPO trains on exactly what was sampled.
+Each sample's log-probability under the SFT policy (= pi_ref of every DPO-family run) is computed here once, from
+the model that sampled it, and stored with the pairs as ref_chosen_logps / ref_rejected_logps: every DPO, IPO and
+cDPO run then skips the reference forward pass (a quarter of a DPO step's compute), and each sample is scored once
+rather than once per pair it appears in (3 pairs each at k = 4).
 Resumable: prompts are processed in chunks, each chunk written once with its own seed.
 Reads sft/policy, reward/, data/. Writes chunks/, pairs.jsonl."""
 from __future__ import annotations
@@ -18,14 +22,15 @@ from pipelines.data import load_split
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.prompts import make_prefixes
 from pipelines.reward import load_reward
-from pipelines.sampling import sample_completions
+from pipelines.sampling import sample_completions, sequence_logprobs
 
 log = logging.getLogger(__name__)
 
 
-def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: list[float], tie_threshold: float
-               ) -> tuple[list[dict], int]:
-    """All unordered pairs of the completions, ordered by reward. Returns (pairs, number of ties dropped)."""
+def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: list[float], tie_threshold: float,
+               ref_logps: list[float] | None = None) -> tuple[list[dict], int]:
+    """All unordered pairs of the completions, ordered by reward. Returns (pairs, number of ties dropped).
+    With `ref_logps` (log pi_ref(completion | prompt) per completion) each pair carries its two reference log-probs."""
     pairs, ties = [], 0
     for i, j in itertools.combinations(range(len(completions)), 2):
         if abs(rewards[i] - rewards[j]) <= tie_threshold or completions[i] == completions[j]:
@@ -34,6 +39,8 @@ def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: lis
         w, l = (i, j) if rewards[i] > rewards[j] else (j, i)
         pairs.append({"prompt_ids": prompt_ids, "chosen_ids": completions[w], "rejected_ids": completions[l],
                       "chosen_reward": rewards[w], "rejected_reward": rewards[l]})
+        if ref_logps is not None:
+            pairs[-1].update(ref_chosen_logps=ref_logps[w], ref_rejected_logps=ref_logps[l])
     return pairs, ties
 
 
@@ -59,14 +66,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                          temperature=g.temperature)
         rewards = reward(tokenizer.batch_decode([x + y for x, y in zip(repeated, completions)],
                                                 skip_special_tokens=True))
+        logps = sequence_logprobs(policy, repeated, completions, g.batch_size)
         k = p.samples_per_prompt
         write_jsonl(path, [{"prompt_ids": x["prompt_ids"], "doc": x["doc"],
-                            "completions": completions[i * k:(i + 1) * k], "rewards": rewards[i * k:(i + 1) * k]}
+                            "completions": completions[i * k:(i + 1) * k], "rewards": rewards[i * k:(i + 1) * k],
+                            "sft_logps": logps[i * k:(i + 1) * k]}
                            for i, x in enumerate(chunk)])
     pairs, ties, samples = [], 0, []
     for c in range(n_chunks):
         for row in read_jsonl(chunk_dir / f"{c:05d}.jsonl"):
-            new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], p.tie_threshold)
+            if "sft_logps" not in row:  # a chunk written before the log-probs were stored with it
+                row["sft_logps"] = sequence_logprobs(policy, [row["prompt_ids"]] * len(row["completions"]),
+                                                     row["completions"], g.batch_size)
+            new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], p.tie_threshold,
+                                row["sft_logps"])
             pairs += new
             ties += t
             samples += list(zip(row["completions"], row["rewards"]))

@@ -142,6 +142,8 @@ class HFClassifierReward:
                 name, use_safetensors=True, trust_remote_code=False).to(device).eval()
         except OSError as err:
             raise hub_hint(name, err) from None
+        from pipelines.cost import meter
+        meter(self.model)
         labels = {v.upper(): int(k) for k, v in self.model.config.id2label.items()}
         if positive_label.upper() not in labels:
             raise UserError(f"task.reward.positive_label '{positive_label}' is not a label of {name} "

@@ -13,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from pipelines.cost import add_generated
+
 
 def full_distribution_config(max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0
                              ) -> GenerationConfig:
@@ -74,6 +76,7 @@ def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, 
         gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
         for row in gen[:, ids.shape[1]:].tolist():
             out.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
+            add_generated(len(out[-1]))
     model.train(was_training)
     return out
 

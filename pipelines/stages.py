@@ -20,6 +20,7 @@ from typing import Callable
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines import cost
 from pipelines.common import UserError, atomic_write_json, git_sha, versions
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,15 @@ def _started_hash(out_dir: Path) -> str | None:
         return None
 
 
+def _device_name(cfg: DictConfig) -> str:
+    import torch
+
+    from pipelines.common import pick_device
+
+    device = pick_device(cfg.get("device", "auto"))
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dict[str, str] | None = None) -> str:
     """Run `name` (its upstream stages first) unless already done. Returns the stage's config hash."""
     hashes = {} if _hashes is None else _hashes
@@ -116,7 +126,9 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
         log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
         start = time.time()
         try:
-            metrics = stage.run(cfg, out_dir) or {}
+            with cost.track() as meter:
+                metrics = stage.run(cfg, out_dir) or {}
+            stage_cost = {**meter.summary(), "device": _device_name(cfg), "threads": cfg.get("threads")}
         except BaseException:
             if backup is not None:
                 shutil.rmtree(out_dir, ignore_errors=True)
@@ -127,6 +139,6 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
         atomic_write_json(out_dir / DONE, {
             "stage": name, "hash": digest, "wall_time_s": round(time.time() - start, 2), "resumed": resumed,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
-            "versions": versions(), "metrics": metrics})
+            "versions": versions(), "metrics": metrics, "cost": stage_cost})
     hashes[name] = digest
     return digest

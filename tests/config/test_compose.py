@@ -91,3 +91,20 @@ def test_all_problems_reported_at_once():
 def test_unknown_group_option_fails_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_cfg([override])
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("local", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")])
+def test_launcher_presets_select_the_engines_and_keep_the_sweep(launcher, target):
+    cfg = compose_cfg([f"launcher={launcher}", "method=ppo"], hydra_node=True)
+    assert cfg.hydra.launcher._target_ == target
+    # The preset's own sweep grid survives the launcher choice, and each job's torch threads are set for it.
+    assert cfg.hydra.sweeper.params["method.kl.target"] == "2,4,8"
+    assert cfg.threads == {"local": 1, "slurm": 8}[launcher]
+    validate(cfg)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min > 0
+    # The default launches jobs one after another in the calling process.
+    default = compose_cfg(["method=ppo"], hydra_node=True)
+    assert default.hydra.launcher._target_.endswith("BasicLauncher") and default.threads == 2

@@ -29,7 +29,9 @@ def smoke_run(tmp_path_factory):
     data = write_reviews(tmp / "reviews.jsonl")
     common = ["experiment=smoke", "task.data.source=local", f"task.data.local_files={data}",
               f"hydra.sweep.dir={tmp}/multirun"]
-    sweep = run(["-m", "pipelines.run", "-m", *common, "method.beta=0.1,1.0"], tmp)
+    # The first sweep runs its two jobs side by side (launcher=local, joblib): both need the unfinished shared
+    # stages, which the stage file locks must let only one of them train.
+    sweep = run(["-m", "pipelines.run", "-m", *common, "method.beta=0.1,1.0", "launcher=local"], tmp)
     again = run(["-m", "pipelines.run", *common, "method.beta=1.0", f"hydra.run.dir={tmp}/single"], tmp)
     ppo = run(["-m", "pipelines.run", "-m", *common, "method=ppo", "method.kl.target=1,3"], tmp)
     run(["-m", "pipelines.run", "-m", *common, "method=ppo_gt", "method.kl.target=3"], tmp)
@@ -65,6 +67,29 @@ def test_frontier_is_written_and_sane(smoke_run):
     for method, params in (("ppo", [1.0, 3.0]), ("ppo_gt", [3.0])):
         points = df[df.method == method]
         assert sorted(points.param.unique()) == params and sorted(points.step.unique()) == [2, 4]
+
+
+def test_every_stage_records_its_cost_and_the_pipelines_are_compared(smoke_run):
+    import json
+
+    done = {p.parent.relative_to(smoke_run["tmp"] / "runs" / "sentiment" / "smoke").as_posix(): json.loads(p.read_text())
+            for p in (smoke_run["tmp"] / "runs").glob("**/done.json")}
+    assert all({"wall_s", "flops_est", "peak_host_mem_mb", "train_tokens"} <= set(d["cost"]) for d in done.values())
+    sft, pairs = done["shared/sft"]["cost"], done["shared/pairs"]["cost"]
+    assert sft["train_tokens"] > 0 and sft["flops_est"] >= 6 * sft["train_tokens"] * 1000
+    assert pairs["generated_tokens"] > 0 and pairs["train_tokens"] == 0 and pairs["peak_host_mem_mb"] > 100
+    # DPO reads the reference log-probs the pairs stage stored: no reference forward pass while it trains.
+    dpo = done["seed0/dpo_beta0.1"]
+    assert dpo["metrics"]["stored_ref_logps"] is True
+    assert dpo["cost"]["train_tokens"] > 0 and dpo["cost"]["forward_tokens"] == 0
+    ppo = next(d for k, d in done.items() if k.startswith("seed0/ppo_kl") and "/" not in k[6:])["cost"]
+    assert min(ppo["train_tokens"], ppo["forward_tokens"], ppo["generated_tokens"]) > 0
+    cost = pd.read_csv(smoke_run["out"] / "cost.csv")
+    totals = cost[cost.component == "total"].set_index("pipeline")
+    assert set(totals.index) == {"DPO", "RLHF (PPO)"} and (totals.flops_est > 0).all()
+    assert (smoke_run["out"] / "cost.png").stat().st_size > 10_000
+    summary = (smoke_run["out"] / "summary.md").read_text()
+    assert "## Cost: the DPO pipeline against the RLHF pipeline" in summary and "Paper's claim" in summary
 
 
 def test_ppo_sweep_reuses_the_shared_stages_and_trains_one_reward_model(smoke_run):

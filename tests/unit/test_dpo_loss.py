@@ -59,3 +59,24 @@ def test_trainer_keeps_sampled_ids_verbatim(trainer):
     with pytest.raises(ValueError, match="token-id columns"):
         trainer._prepare_dataset(Dataset.from_dict({"prompt": ["x"], "chosen": ["y"], "rejected": ["z"]}),
                                  trainer.processing_class, trainer.args, "train")
+
+
+def test_stored_reference_logps_equal_trls_own_reference_pass(trainer):
+    """The pairs stage stores log pi_SFT of every sample (sequence_logprobs); TRL's reference forward on the same
+    pairs gives the same numbers, so a run that reads the stored ones trains on the same loss."""
+    rows = [{"prompt_ids": [5, 6, 11], "chosen_ids": [7, 8, 0], "rejected_ids": [9, 12]},
+            {"prompt_ids": [3], "chosen_ids": [5, 4, 4, 2], "rejected_ids": [6]}]
+    ref = trainer.ref_model.eval()
+    trl_chosen, trl_rejected = trainer.compute_ref_log_probs(ref, trainer.data_collator(rows))
+    ours = [sequence_logprobs(ref, [r["prompt_ids"]] * 2, [r["chosen_ids"], r["rejected_ids"]], 2) for r in rows]
+    assert torch.allclose(trl_chosen, torch.tensor([o[0] for o in ours]), atol=1e-5)
+    assert torch.allclose(trl_rejected, torch.tensor([o[1] for o in ours]), atol=1e-5)
+
+
+def test_stored_reference_columns_are_used_as_given(trainer):
+    ds = Dataset.from_dict({"prompt_ids": [[1, 2]], "chosen_ids": [[3, 4]], "rejected_ids": [[5]],
+                            "ref_chosen_logps": [-1.5], "ref_rejected_logps": [-2.5]})
+    kept = trainer._precompute_ref_logps(ds, "train", 1)
+    assert kept is ds
+    batch = trainer.data_collator([kept[0]])
+    assert batch["ref_chosen_logps"].tolist() == [-1.5] and batch["ref_rejected_logps"].tolist() == [-2.5]

@@ -45,3 +45,11 @@ def test_all_pairs_ranked_and_ties_dropped():
         ((2,), (1,)), ((3,), (1,)), ((4,), (1,)), ((4,), (2,)), ((4,), (3,))}
     # identical completions are a tie even if scored differently
     assert rank_pairs([9], [[1], [1]], [0.2, 0.3], 0.0) == ([], 1)
+
+
+def test_pairs_carry_the_reference_logps_of_their_own_completions():
+    pairs, _ = rank_pairs([9], [[1], [2], [3]], [0.1, 0.9, 0.5], 0.0, ref_logps=[-1.0, -2.0, -3.0])
+    by_ids = {(p["chosen_ids"][0], p["rejected_ids"][0]): (p["ref_chosen_logps"], p["ref_rejected_logps"])
+              for p in pairs}
+    assert by_ids == {(2, 1): (-2.0, -1.0), (3, 1): (-3.0, -1.0), (2, 3): (-2.0, -3.0)}
+    assert "ref_chosen_logps" not in rank_pairs([9], [[1], [2]], [0.1, 0.9], 0.0)[0][0]

@@ -1,0 +1,37 @@
+"""The reproduce targets' plan, read with `make -n` (print, do not run): shared stages once on every core first,
+then one multirun per method as parallel jobs with the cores divided among them."""
+import subprocess
+
+from tests.conftest import ROOT
+
+
+def plan(*args: str) -> list[str]:
+    out = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin", "RVD_RUNS": "/nonexistent/runs"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_shared_stages_run_first_then_methods_as_parallel_jobs():
+    lines = plan("reproduce-sentiment", "METHODS=dpo ppo", "JOBS=2", "NPROC=4")
+    shared = next(i for i, line in enumerate(lines) if "pipeline=[data,tokenizer,sft" in line)
+    assert "threads=4" in lines[shared] and "--multirun" not in lines[shared]
+    fork = next(i for i, line in enumerate(lines) if "-j2 method-dpo method-ppo" in line)
+    assert shared < fork
+    jobs = [line for line in lines if "--multirun" in line and "> $log" in line]
+    assert [("method=dpo" in j, "method=ppo" in j) for j in jobs] == [(True, False), (False, True)]
+    assert all("threads=2" in j and "seed=0" in j for j in jobs)  # 4 cores / 2 jobs
+    assert any("analysis.frontier" in line for line in lines[fork:])
+
+
+def test_seeds_and_a_single_job():
+    lines = plan("reproduce-sentiment", "METHODS=dpo", "SEEDS=0 1 2", "JOBS=1", "NPROC=2")
+    job = next(line for line in lines if "--multirun" in line and "method=dpo" in line)
+    assert "seed=0,1,2" in job and "threads=2" in job
+
+
+def test_paper_preset_defaults_to_one_job():
+    lines = plan("reproduce-sentiment-paper", "METHODS=dpo", "NPROC=8")
+    assert any("-j2 method-dpo" in line for line in plan("reproduce-sentiment-paper", "METHODS=dpo", "PAPER_JOBS=2"))
+    assert any("-j1 method-dpo" in line for line in lines)
+    assert any("experiment=sentiment_paper" in line and "threads=8" in line for line in lines)
