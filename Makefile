@@ -25,6 +25,10 @@ JOBS ?= 2
 PAPER_JOBS ?= 1
 JOB_THREADS ?= $(shell n=$$(( $(NPROC) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 SHARED_PIPELINE := [data,tokenizer,sft,reward,evaluate_sft,pairs,reward_model]
+# Multi-GPU training of each run: ACCELERATE=ddp, fsdp or deepspeed_zero3 (conf/accelerate/<name>.yaml) launches every
+# pipeline command under `accelerate launch`; empty: one process.
+ACCELERATE ?=
+RUN = $(if $(ACCELERATE),$(VENV)/bin/accelerate launch --config_file conf/accelerate/$(ACCELERATE).yaml -m pipelines.run,$(PY) -m pipelines.run)
 # Where the parallel jobs write their logs (one file per method).
 LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
 
@@ -57,7 +61,8 @@ reproduce-sentiment-paper: $(VENV)/.installed ## paper scale (gpt2-large, IMDb, 
 sweep:
 	@test -n "$(EXPERIMENT)" || { echo "sweep needs EXPERIMENT=<conf/experiment name>"; exit 2; }
 	@mkdir -p $(LOGS) && date +%s > $(LOGS)/.sweep_start
-	$(PY) -m pipelines.run experiment=$(EXPERIMENT) 'pipeline=$(SHARED_PIPELINE)' threads=$(NPROC) $(ARGS)
+	@test -z "$(ACCELERATE)" -o -f conf/accelerate/$(ACCELERATE).yaml || { echo "ACCELERATE=$(ACCELERATE): no conf/accelerate/$(ACCELERATE).yaml (ddp, fsdp, deepspeed_zero3)"; exit 2; }
+	$(RUN) experiment=$(EXPERIMENT) 'pipeline=$(SHARED_PIPELINE)' threads=$(NPROC) $(ARGS)
 	@$(MAKE) --no-print-directory -j$(JOBS) $(addprefix method-,$(METHODS))
 	@echo "$(EXPERIMENT): shared stages and $(words $(METHODS)) method sweep(s), seeds $(SEEDS), took" \
 	  "$$(( ($$(date +%s) - $$(cat $(LOGS)/.sweep_start)) / 60 )) min with $(JOBS) job(s) x $(JOB_THREADS) thread(s)"
@@ -65,10 +70,10 @@ sweep:
 # One method's sweep over its preset grid. With JOBS > 1 its output goes to $(LOGS)/<method>.log.
 method-%:
 	@if [ "$(JOBS)" = 1 ]; then \
-	  $(PY) -m pipelines.run --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS); \
+	  $(RUN) --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS); \
 	else \
 	  log=$(LOGS)/$*.log; mkdir -p $(LOGS); start=$$(date +%s); echo "[$*] started (log: $$log)"; \
-	  if $(PY) -m pipelines.run --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS) > $$log 2>&1; then \
+	  if $(RUN) --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS) > $$log 2>&1; then \
 	    echo "[$*] done in $$(( ($$(date +%s) - start) / 60 )) min"; \
 	  else echo "[$*] FAILED; the end of $$log:"; tail -n 40 $$log; exit 1; fi; \
 	fi

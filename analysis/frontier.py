@@ -519,7 +519,8 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
     out += examples(run_root, df, n_examples)
     out += ["## Wall time per stage (from the done-markers)", "", "| stage | seconds |", "|---|---|"]
     out += [f"| {s} | {t:.0f} |" for s, t in stage_times]
-    out += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
+    out += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min; parallel jobs overlap, so a run can take less) |",
+            ""]
     return "\n".join(out + step_costs(run_root))
 
 

@@ -20,6 +20,7 @@ from trl import RewardConfig, RewardTrainer
 
 from pipelines.common import UserError, pick_device, read_jsonl, use_bf16
 from pipelines.cost import meter
+from pipelines.distributed import is_main, save_trained
 from pipelines.models import load_tokenizer
 from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
@@ -81,8 +82,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if resume:
         log.info("reward model: resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.model.save_pretrained(str(out_dir / "model"), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir / "model"))
+    save_trained(trainer, out_dir / "model")  # with its tokenizer (the added pad token)
+    if not is_main():  # under a multi-process launch every process trained; the main one measures
+        return {}
     # Held-out accuracy and margin of the restored best checkpoint, pair-exact (the trainer's are means of
     # per-batch means), with the scorer PPO will use.
     scorer = RewardModelScorer(out_dir / "model", pick_device(cfg.device), r.batch_size)
@@ -97,7 +99,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     log.info("reward model: held-out accuracy %.4f (best checkpoint, step %d)", accuracy, best_step)
     return {"eval_accuracy": round(accuracy, 4), "eval_margin": round(margin, 4),
             "best_step": best_step, "steps": result.global_step, "steps_per_epoch": steps_per_epoch,
-            "n_train_pairs": len(train), "n_eval_pairs": len(held), "train_loss": round(result.training_loss, 4)}
+            "n_train_pairs": len(train), "n_eval_pairs": len(held), "train_loss": round(result.training_loss, 4),
+            "world_size": trainer.args.world_size}
 
 
 class RewardModelScorer:

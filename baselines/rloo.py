@@ -18,7 +18,7 @@ from trl import RLOOConfig, RLOOTrainer
 
 from baselines.ppo import method_scorer, train_prefixes
 from pipelines.common import pick_device, use_bf16
-from pipelines.cost import meter
+from pipelines.cost import add_generated, meter
 from pipelines.dpo import SnapshotPolicy, train_and_save
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.sampling import sample_completions
@@ -42,6 +42,7 @@ def score_stats(policy, scorer, prompts: list[list[int]], tokenizer, max_new_tok
 def make_reward_func(scorer, mean: float, std: float):
     """TRL reward function: normalised score of (prompt ids, sampled completion ids)."""
     def normalised_score(prompts, completions, completion_ids, prompt_ids, **kwargs) -> list[float]:
+        add_generated(sum(len(c) for c in completion_ids))  # TRL samples with its own generate: count here
         return [(s - mean) / std for s in scorer(prompt_ids, completion_ids)]
     return normalised_score
 

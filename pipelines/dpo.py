@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from pipelines.common import UserError, read_jsonl, use_bf16
+from pipelines.distributed import is_main, save_trained
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 
@@ -108,13 +109,14 @@ def train_and_save(trainer, tokenizer, out_dir: Path) -> dict:
     if resume:
         log.info("%s: resuming from %s", out_dir.name, resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.model.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir / "policy"))
+    save_trained(trainer, out_dir / "policy")
+    if is_main():
+        tokenizer.save_pretrained(str(out_dir / "policy"))  # Unlikelihood's plain Trainer has no tokenizer to save
     finish_wandb()
     steps = result.global_step
     runtime = result.metrics.get("train_runtime", 0.0)
     return {"train_loss": round(result.training_loss, 4), "steps": steps,
-            "seconds_per_step": round(runtime / max(1, steps), 4)}
+            "seconds_per_step": round(runtime / max(1, steps), 4), "world_size": trainer.args.world_size}
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from baselines import ppo, reward_model, rloo  # noqa: E402
-from pipelines import best_of_n, data, dpo, evaluate, likelihood, pairs, reward, sft, tokenizer, winrate  # noqa: E402
+from pipelines import (best_of_n, data, distributed, dpo, evaluate, likelihood, pairs, reward, sft,  # noqa: E402
+                       tokenizer, winrate)
 from pipelines.common import UserError  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
@@ -39,26 +40,29 @@ OFFLINE_INPUTS = ("sft", "pairs")
 
 @dataclass(frozen=True)
 class Method:
-    """How a method trains: its trainer, the upstream stages it reads besides its config, and whether it samples
-    prompts and completions itself (then the prompt and generation settings are part of its stage hash)."""
+    """How a method trains: its trainer, the upstream stages it reads besides its config, whether it samples
+    prompts and completions itself (then the prompt and generation settings are part of its stage hash), and whether
+    its training is a Trainer that a multi-process launch spreads over every process (else the main process alone)."""
     train: Callable[[DictConfig, Path], dict]
     inputs: tuple[str, ...]
     on_policy: bool = False
+    distributed: bool = False
 
 
 # Offline methods read the pairs; PPO, RLOO and Best-of-N the learned reward model r_phi (trained on those pairs);
 # the -GT variants the ground-truth reward r*.
 METHODS = {
-    "dpo": Method(dpo.run, OFFLINE_INPUTS),
-    "ipo": Method(dpo.run, OFFLINE_INPUTS),
-    "cdpo": Method(dpo.run, OFFLINE_INPUTS),
-    "preferred_ft": Method(likelihood.run_preferred_ft, OFFLINE_INPUTS),
-    "unlikelihood": Method(likelihood.run_unlikelihood, OFFLINE_INPUTS),
+    "dpo": Method(dpo.run, OFFLINE_INPUTS, distributed=True),
+    "ipo": Method(dpo.run, OFFLINE_INPUTS, distributed=True),
+    "cdpo": Method(dpo.run, OFFLINE_INPUTS, distributed=True),
+    "preferred_ft": Method(likelihood.run_preferred_ft, OFFLINE_INPUTS, distributed=True),
+    "unlikelihood": Method(likelihood.run_unlikelihood, OFFLINE_INPUTS, distributed=True),
     "bon": Method(best_of_n.run, ("data", "sft", "reward_model"), on_policy=True),
+    # Our own PPO loop is single-process: under a multi-process launch it runs in the main process.
     "ppo": Method(ppo.run, ("data", "sft", "reward_model"), on_policy=True),
     "ppo_gt": Method(ppo.run, ("data", "sft", "reward"), on_policy=True),
-    "rloo": Method(rloo.run, ("data", "sft", "reward_model"), on_policy=True),
-    "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True),
+    "rloo": Method(rloo.run, ("data", "sft", "reward_model"), on_policy=True, distributed=True),
+    "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True, distributed=True),
 }
 OFFLINE_KEYS = ("method", "seed")
 ON_POLICY_KEYS = ("method", "seed", "task.prompt", "task.generation")
@@ -89,16 +93,17 @@ STAGES = {s.name: s for s in [
           fingerprint=_local_file_checksums),
     Stage("tokenizer", tokenizer.run, ("model.pretrained", "model.tokenizer"), ("data",),
           lambda c: Path(c.paths.tokenizer)),
-    Stage("sft", sft.run, ("model",), ("data", "tokenizer"), lambda c: Path(c.paths.sft)),
+    Stage("sft", sft.run, ("model",), ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
     Stage("reward", reward.run, ("task.reward",), ("data",), lambda c: Path(c.paths.reward)),
     Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation"),
           ("data", "sft", "reward"), lambda c: Path(c.paths.sft) / "eval"),
     Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation"), ("data", "sft", "reward"),
           lambda c: Path(c.paths.pairs)),
     Stage("reward_model", reward_model.run, ("reward_model",), ("sft", "pairs"),
-          lambda c: Path(c.paths.reward_model)),
+          lambda c: Path(c.paths.reward_model), distributed=True),
     Stage("train", _train, lambda c: ON_POLICY_KEYS if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
-          lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method)),
+          lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method),
+          distributed=lambda c: METHODS[c.method.name].distributed),
     Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
     # Keyed by the judge's identity (not its concurrency or retry settings), so a rerun with other limits resumes.
@@ -117,6 +122,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     if cfg.method.name not in METHODS:
         raise UserError(f"method '{cfg.method.name}' has no trainer (available: {sorted(METHODS)})")
     torch.set_num_threads(cfg.threads)
+    distributed.group()  # under a multi-process launch: open the process group before any Trainer does
     hashes: dict[str, str] = {}
     for name in cfg.pipeline:
         run_stage(cfg, STAGES, name, hashes)

@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer
 
 from pipelines.common import UserError, use_bf16
 from pipelines.data import load_split
+from pipelines.distributed import is_main, save_trained
 from pipelines.models import build_policy, context_length, load_tokenizer
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 
@@ -63,12 +64,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         log.info("sft: resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     eval_loss = trainer.evaluate()["eval_loss"]
-    trainer.model.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
     tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(str(out_dir / "policy"))
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # optimizer state is not needed once done
+    save_trained(trainer, out_dir / "policy")
+    if is_main():
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # optimizer state is not needed once done
     finish_wandb()
     return {"train_loss": round(result.training_loss, 4), "eval_loss": round(eval_loss, 4),
             "eval_perplexity": round(math.exp(eval_loss), 3), "steps": result.global_step,
             "n_params": sum(p.numel() for p in trainer.model.parameters()), "train_blocks": len(train),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "world_size": trainer.args.world_size}

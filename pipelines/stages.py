@@ -4,6 +4,8 @@ A stage owns one folder. It is *done* when `done.json` in that folder carries th
 on (its own config subtrees plus the hashes of its upstream stages): then it is skipped. A folder without
 `done.json` is an interrupted stage and is resumed by the stage itself (Trainer checkpoints, finished chunks).
 A done stage whose hash differs is never overwritten silently: the run stops unless `force=true`.
+Under a multi-process launch (pipelines/distributed.py) the main process keeps these books alone; the others
+follow its decisions and run only the stages marked `distributed` (the Trainer stages).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Callable
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import cost
+from pipelines import cost, distributed
 from pipelines.common import UserError, atomic_write_json, git_sha, versions
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ class Stage:
     out_dir: Callable[[DictConfig], Path]
     # Extra inputs that are not config values (e.g. checksums of local data files).
     fingerprint: Callable[[DictConfig], dict] | None = None
+    # Runs in every process of a multi-process launch (a Trainer stage), or in the main process only.
+    distributed: bool | Callable[[DictConfig], bool] = False
 
 
 def _select(cfg: DictConfig, key: str):
@@ -95,50 +100,75 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
     upstream = {dep: run_stage(cfg, stages, dep, hashes) for dep in deps}
     digest, payload = config_hash(cfg, stage, upstream)
     out_dir = Path(stage.out_dir(cfg))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    group = distributed.group()
+    main = group is None or distributed.is_main()
+    if main:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Parallel sweep jobs that share an unfinished upstream stage wait here for the one running it.
-    with FileLock(str(out_dir) + ".lock"):
-        done = read_done(out_dir)
-        if done is not None and done.get("hash") == digest:
+    with FileLock(str(out_dir) + ".lock") if main else nullcontext():
+        done = read_done(out_dir) if main else None
+        refusal = None
+        if main and done is not None and done.get("hash") != digest and not cfg.force:
+            refusal = (f"stage '{name}' in {out_dir} was finished with a different config (hash {done.get('hash')}, "
+                       f"now {digest}). Nothing was changed. Use another preset name for the new setting, delete the "
+                       "folder, or pass force=true to redo it (and the stages after it).")
+        decision = None if not main else distributed.REFUSE if refusal else \
+            distributed.SKIP if done is not None and done.get("hash") == digest else distributed.RUN
+        if group is not None:
+            decision = group.decide(decision)
+        if decision == distributed.SKIP:
             log.info("stage %-9s done, skipped (%s)", name, out_dir)
             hashes[name] = digest
             return digest
-        if done is not None:
-            if not cfg.force:
-                raise UserError(
-                    f"stage '{name}' in {out_dir} was finished with a different config (hash {done.get('hash')}, "
-                    f"now {digest}). Nothing was changed. Use another preset name for the new setting, delete the "
-                    "folder, or pass force=true to redo it (and the stages after it).")
-            log.warning("force=true: redoing stage %s in %s", name, out_dir)
-        # A forced redo keeps the finished output aside until the new one succeeds: a failure restores it.
-        backup = out_dir.with_name(out_dir.name + ".previous") if done is not None else None
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-        if done is None and out_dir.exists() and _started_hash(out_dir) not in (None, digest):
-            # An unfinished stage begun with another config: its partial output cannot be resumed; nothing in it
-            # was ever finished, so it is discarded.
-            log.warning("stage %s in %s was interrupted under another config; starting it afresh", name, out_dir)
-            shutil.rmtree(out_dir)
-        resumed = out_dir.exists()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "stage_config.json", {**payload, "hash": digest})
-        log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
+        if decision == distributed.REFUSE:
+            raise UserError(refusal or f"stage '{name}': the main process refused to run it (see its message)")
+        backup, resumed = (_prepare(cfg, name, out_dir, digest, payload, done) if main else (None, False))
+        in_all = stage.distributed(cfg) if callable(stage.distributed) else stage.distributed
+        if group is not None:
+            group.barrier()  # the folder is ready before any process starts the stage
         start = time.time()
-        try:
-            with cost.track() as meter:
-                metrics = stage.run(cfg, out_dir) or {}
-            stage_cost = {**meter.summary(), "device": _device_name(cfg), "threads": cfg.get("threads")}
-        except BaseException:
+        metrics, stage_cost = {}, None
+        if main or in_all:
+            try:
+                with cost.track() as meter:
+                    metrics = stage.run(cfg, out_dir) or {}
+                stage_cost = {**meter.summary(), "device": _device_name(cfg), "threads": cfg.get("threads"),
+                              "processes": distributed.world_size() if in_all else 1}
+            except BaseException:
+                if backup is not None:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    backup.rename(out_dir)
+                raise
+        if group is not None:
+            group.barrier()  # every process is done with the stage before its marker says so
+        if main:
             if backup is not None:
-                shutil.rmtree(out_dir, ignore_errors=True)
-                backup.rename(out_dir)
-            raise
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-        atomic_write_json(out_dir / DONE, {
-            "stage": name, "hash": digest, "wall_time_s": round(time.time() - start, 2), "resumed": resumed,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
-            "versions": versions(), "metrics": metrics, "cost": stage_cost})
+                shutil.rmtree(backup, ignore_errors=True)
+            atomic_write_json(out_dir / DONE, {
+                "stage": name, "hash": digest, "wall_time_s": round(time.time() - start, 2), "resumed": resumed,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
+                "versions": versions(), "metrics": metrics, "cost": stage_cost})
     hashes[name] = digest
     return digest
+
+
+def _prepare(cfg: DictConfig, name: str, out_dir: Path, digest: str, payload: dict, done: dict | None
+             ) -> tuple[Path | None, bool]:
+    """Ready the stage's folder for a run (main process). Returns (the backup of a forced redo, resumed?)."""
+    if done is not None:
+        log.warning("force=true: redoing stage %s in %s", name, out_dir)
+    # A forced redo keeps the finished output aside until the new one succeeds: a failure restores it.
+    backup = out_dir.with_name(out_dir.name + ".previous") if done is not None else None
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+        out_dir.rename(backup)
+    if done is None and out_dir.exists() and _started_hash(out_dir) not in (None, digest):
+        # An unfinished stage begun with another config: its partial output cannot be resumed; nothing in it
+        # was ever finished, so it is discarded.
+        log.warning("stage %s in %s was interrupted under another config; starting it afresh", name, out_dir)
+        shutil.rmtree(out_dir)
+    resumed = out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "stage_config.json", {**payload, "hash": digest})
+    log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
+    return backup, resumed

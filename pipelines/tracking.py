@@ -19,7 +19,9 @@ def trainer_report_to(cfg: DictConfig, out_dir: Path, run_name: str) -> list[str
     if mode not in ("offline", "online", "disabled"):
         from pipelines.common import UserError
         raise UserError(f"wandb.mode: '{mode}' is not one of offline, online, disabled")
-    if mode == "disabled":
+    from pipelines.distributed import is_main
+
+    if mode == "disabled" or not is_main():  # one wandb run per stage, from the main process
         return []
     import wandb
     from omegaconf import OmegaConf

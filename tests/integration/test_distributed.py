@@ -1,0 +1,84 @@
+"""A multi-process launch on CPU (torchrun, 2 processes, gloo): the Trainer stages train data-parallel in both
+processes, everything else runs in the main process, and the bookkeeping is written once. The GPU configs of
+conf/accelerate/ parse, and the Makefile puts `accelerate launch` in front of every pipeline command."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write_reviews
+
+CONFIGS = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}
+
+
+def torchrun(args, tmp: Path, timeout=600):
+    env = {**os.environ, "RVD_RUNS": str(tmp / "runs"), "WANDB_MODE": "disabled", "ACCELERATE_USE_CPU": "true",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipelines.run", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = write_reviews(tmp / "reviews.jsonl")
+    common = ["experiment=smoke", "task.data.source=local", f"task.data.local_files={data}", "threads=1",
+              f"hydra.run.dir={tmp}/hydra"]
+    dpo = torchrun([*common, "method.beta=0.1"], tmp)
+    ppo = torchrun([*common, "method=ppo", "method.kl.target=3"], tmp)
+    again = torchrun([*common, "method.beta=0.1"], tmp)
+    root = tmp / "runs" / "sentiment" / "smoke"
+    done = {p.parent.relative_to(root).as_posix(): json.loads(p.read_text()) for p in root.glob("**/done.json")}
+    return {"dpo": dpo, "ppo": ppo, "again": again, "done": done, "root": root}
+
+
+def test_trainer_stages_train_in_both_processes(two_process_runs):
+    done = two_process_runs["done"]
+    assert done["shared/sft"]["metrics"]["world_size"] == 2
+    assert done["shared/sft"]["cost"]["processes"] == 2
+    assert done["seed0/dpo_beta0.1"]["metrics"]["world_size"] == 2
+    assert done["shared/reward_model"]["metrics"]["world_size"] == 2
+    # The saved models are safetensors with no pickled trainer arguments beside them.
+    root = two_process_runs["root"]
+    for folder in ("seed0/dpo_beta0.1/policy", "shared/sft/policy", "shared/reward_model/model"):
+        assert (root / folder / "model.safetensors").exists() and not (root / folder / "training_args.bin").exists()
+
+
+def test_other_stages_run_in_the_main_process_only(two_process_runs):
+    done = two_process_runs["done"]
+    for stage in ("shared/pairs", "seed0/dpo_beta0.1/eval", "seed0/ppo_kl3"):
+        assert done[stage]["cost"]["processes"] == 1, stage
+    log = two_process_runs["dpo"].stdout + two_process_runs["dpo"].stderr
+    # The main process prepares and announces every stage once; the other follows its decisions.
+    for stage in ("data", "sft", "pairs", "train", "evaluate", "winrate"):
+        assert log.count(f"stage {stage:<9} running") == 1, stage
+
+
+def test_a_rerun_skips_every_stage_in_both_processes(two_process_runs):
+    log = two_process_runs["again"].stdout + two_process_runs["again"].stderr
+    assert "running" not in log and log.count("done, skipped") == 2 * 9
+
+
+@pytest.mark.parametrize("name,kind", sorted(CONFIGS.items()))
+def test_accelerate_configs_parse(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "conf" / "accelerate" / f"{name}.yaml"))
+    assert str(cfg.distributed_type).endswith(kind) and cfg.num_processes >= 2 and cfg.num_machines == 1
+
+
+def test_makefile_launches_every_pipeline_command_through_accelerate():
+    out = subprocess.run(["make", "-n", "--no-print-directory", "reproduce-sentiment-paper", "METHODS=dpo",
+                          "ACCELERATE=fsdp"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "RVD_RUNS": "/nonexistent/runs"})
+    assert out.returncode == 0, out.stderr
+    runs = [line for line in out.stdout.splitlines() if "pipelines.run" in line and "experiment=" in line]
+    assert len(runs) >= 2  # the shared stages, then the method job (both branches of its recipe)
+    assert all(".venv/bin/accelerate launch --config_file conf/accelerate/fsdp.yaml -m pipelines.run" in r
+               for r in runs)
