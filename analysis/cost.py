@@ -20,18 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.frontier import _done  # noqa: E402
+
 FIELDS = ["wall_s", "train_tokens", "forward_tokens", "generated_tokens", "flops_est", "peak_host_mem_mb",
           "peak_gpu_mem_mb"]
 # Pipelines compared: name -> (shared stages, the method whose train stage completes it).
 PIPELINES = {"DPO": (["pairs"], "dpo"), "RLHF (PPO)": (["pairs", "reward_model"], "ppo")}
 PAPER_CLAIM = "DPO needs ~5-8x less compute time and at most half the accelerator memory of PPO-based RLHF"
-
-
-def _done(path: Path) -> dict:
-    try:
-        return json.loads((path / "done.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def stage_costs(run_root: Path) -> pd.DataFrame:

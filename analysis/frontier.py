@@ -352,8 +352,11 @@ def plot_runs(df: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def _done(path: Path) -> dict:
-    p = path / "done.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+    """A stage folder's done-marker, or {} when it has none (a torn marker counts as none, as in pipelines.stages)."""
+    try:
+        return json.loads((path / "done.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _git_sha() -> str:

@@ -51,6 +51,10 @@ class _StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def _summary(times: list[float]) -> dict:
+    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "repeats": len(times)}
+
+
 def _timed(fn, repeats: int) -> dict:
     fn()  # warm-up
     times = []
@@ -58,7 +62,7 @@ def _timed(fn, repeats: int) -> dict:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "repeats": repeats}
+    return _summary(times)
 
 
 def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -66,10 +70,6 @@ def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
 
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t1"))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t0", pad_token="t0", unk_token="t1")
-
-
-def _summary(times: list[float]) -> dict:
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "repeats": len(times)}
 
 
 def machine() -> str:
