@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModel
 
 from baselines import ppo_math as pm
-from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl
+from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, use_bf16
 from pipelines.cost import meter
 from pipelines.data import load_split
-from pipelines.models import load_policy, load_tokenizer
+from pipelines.models import attn_kwargs, load_policy, load_tokenizer
 from pipelines.prompts import make_prefixes
 from pipelines.sampling import batch_seed, right_pad, sample_completions
 from pipelines.tracking import finish_wandb, log_metrics, trainer_report_to
@@ -56,7 +56,7 @@ class ValueModel(torch.nn.Module):
     @classmethod
     def load(cls, folder: str | Path) -> "ValueModel":
         """From a causal-LM folder (the SFT policy: fresh head) or a folder saved by `save` (head restored)."""
-        trunk = AutoModel.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False)
+        trunk = AutoModel.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False, **attn_kwargs())
         model = cls(trunk)
         head = Path(folder) / "value_head.safetensors"
         if head.exists():
@@ -69,7 +69,8 @@ class ValueModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # the scalar head in fp32 under mixed precision
+            return self.head(hidden.float()).squeeze(-1)
 
 
 @dataclass
@@ -119,7 +120,8 @@ class PPO:
     `step(step_index, prompts)` does one rollout + update; everything it needs to resume is in `state_dict()`."""
 
     def __init__(self, policy, ref, value_model: ValueModel, scorer, args: DictConfig, eos_id: int, pad_id: int,
-                 max_new_tokens: int, seed: int, generation_batch_size: int = 64, temperature: float = 1.0):
+                 max_new_tokens: int, seed: int, generation_batch_size: int = 64, temperature: float = 1.0,
+                 bf16: bool = False):
         self.policy, self.ref, self.value_model, self.scorer, self.a = policy, ref, value_model, scorer, args
         self.eos_id, self.pad_id, self.max_new_tokens, self.seed = eos_id, pad_id, max_new_tokens, seed
         self.generation_batch_size, self.temperature = generation_batch_size, temperature
@@ -135,6 +137,13 @@ class PPO:
         # Fixed score normalisation (set by `fit_score_normalisation`, or identity when switched off).
         self.score_mean, self.score_std = 0.0, 1.0
         self.device = next(policy.parameters()).device
+        # Mixed precision (model.precision=bf16 where the device has it): fp32 weights, optimiser and losses; the
+        # forward passes of rollout scoring and of the update under bf16 autocast, so old and new log-probs of a
+        # rollout come from the same numerics (ratio 1 at the first minibatch). Sampling stays fp32.
+        self.bf16 = bf16
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # -- rollout helpers --------------------------------------------------------------------------------------
     def sample(self, prompts: list[list[int]], tag: str) -> list[list[int]]:
@@ -164,11 +173,12 @@ class PPO:
         n = b.ids.shape[0]
         for s in range(0, n, self.a.micro_batch_size):
             mb = b.rows(torch.arange(s, min(n, s + self.a.micro_batch_size), device=self.device))
-            lp, ent = token_logprobs(self.policy, mb, with_entropy=True)
-            out["logprobs"].append(lp)
-            out["entropy"].append(ent)
-            out["ref_logprobs"].append(token_logprobs(self.ref, mb))
-            out["values"].append(token_values(self.value_model, mb))
+            with self.autocast():
+                lp, ent = token_logprobs(self.policy, mb, with_entropy=True)
+                out["logprobs"].append(lp)
+                out["entropy"].append(ent)
+                out["ref_logprobs"].append(token_logprobs(self.ref, mb))
+                out["values"].append(token_values(self.value_model, mb))
         return {k: torch.cat(v) for k, v in out.items()}
 
     # -- one PPO step ---------------------------------------------------------------------------------------
@@ -207,10 +217,11 @@ class PPO:
                     mb, mb_mask = b.rows(rows), mask[rows]
                     # Token-weighted: each micro-batch's mean scaled by its share of the minibatch's tokens.
                     weight = mb_mask.sum() / mb_tokens
-                    new_logps = token_logprobs(self.policy, mb)
+                    with self.autocast():
+                        new_logps = token_logprobs(self.policy, mb)
+                        new_values = token_values(self.value_model, mb)
                     pg_loss, pg_stats = pm.policy_loss(new_logps, fwd["logprobs"][rows], advantages[rows], mb_mask,
                                                        a.clip_range)
-                    new_values = token_values(self.value_model, mb)
                     vf_loss, vf_stats = pm.value_loss(new_values, fwd["values"][rows], returns[rows], mb_mask,
                                                       a.clip_range_value)
                     (weight * (pg_loss + a.vf_coef * vf_loss)).backward()
@@ -328,7 +339,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     ref = load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, device)
     value_model = ValueModel.load(start_dir / "value" if start_dir else sft_dir).to(device)
     ppo = PPO(policy, ref, value_model, scorer, m, tokenizer.eos_token_id, tokenizer.pad_token_id,
-              g.max_new_tokens, cfg.seed, g.batch_size, g.temperature)
+              g.max_new_tokens, cfg.seed, g.batch_size, g.temperature, bf16=use_bf16(cfg.model.precision, device))
     metrics_path = out_dir / "metrics.jsonl"
     if start_dir:
         start = ppo.load(start_dir)

@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer
 
-from pipelines.common import UserError, pick_device, read_jsonl, use_bf16
+from pipelines.common import UserError, pick_device, read_jsonl, trainer_precision
 from pipelines.cost import meter
 from pipelines.distributed import is_main, save_trained
-from pipelines.models import load_tokenizer
+from pipelines.models import attn_kwargs, load_tokenizer
 from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 
@@ -56,7 +56,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     train, held = pair_datasets(cfg.paths.pairs, r.eval_fraction)
     set_seed(cfg.shared_seed)  # the new scalar head is initialised from the global RNG
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(sft_dir), num_labels=1, use_safetensors=True, trust_remote_code=False)
+        str(sft_dir), num_labels=1, use_safetensors=True, trust_remote_code=False, **attn_kwargs())
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         # The classifier pools at the last token that is not padding. With pad == EOS (GPT-2 style tokenizers)
         # that is the token before EOS: r_phi could never tell a completion that ended from one cut at the length
@@ -73,7 +73,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # Evaluate and checkpoint together, so the best held-out checkpoint can be restored at the end.
         eval_strategy="steps", eval_steps=r.eval_every, save_strategy="steps", save_steps=r.eval_every,
         save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
-        greater_is_better=True, max_length=None, bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
+        greater_is_better=True, max_length=None, **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"reward_model-{cfg.model.name}"), seed=cfg.shared_seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=held,
@@ -108,7 +108,7 @@ class RewardModelScorer:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu", batch_size: int = 64):
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), use_safetensors=True, trust_remote_code=False).to(device).eval()
+            str(folder), use_safetensors=True, trust_remote_code=False, **attn_kwargs()).to(device).eval()
         meter(self.model)
         self.pad_id = self.model.config.pad_token_id
         self.device, self.batch_size = device, batch_size

@@ -67,7 +67,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         num_generations=m.num_generations, max_completion_length=g.max_new_tokens, temperature=g.temperature,
         top_k=0, top_p=1.0, beta=m.beta, learning_rate=m.learning_rate, lr_scheduler_type="constant",
         max_grad_norm=m.max_grad_norm, max_steps=m.total_steps, logging_steps=1, save_steps=m.save_steps,
-        save_total_limit=1, disable_dropout=True, bf16=use_bf16(cfg.model.precision),
+        save_total_limit=1, disable_dropout=True, bf16=use_bf16(cfg.model.precision, device),
         gradient_checkpointing=False, report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"),
         seed=cfg.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu")
     trainer = RLOOTrainer(model=policy, reward_funcs=make_reward_func(scorer, mean, std), args=args,

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
 from trl import DPOConfig
 
-from pipelines.common import git_sha, versions
+from pipelines.common import git_sha, trainer_precision, use_bf16, versions
 from pipelines.dpo import SampledTokenDPOTrainer
 from pipelines.sampling import sample_completions, sequence_logprobs
 
@@ -63,6 +63,10 @@ def _timed(fn, repeats: int) -> dict:
         fn()
         times.append(time.perf_counter() - start)
     return _summary(times)
+
+
+def _suffix(precision: str) -> str:
+    return "" if precision == "fp32" else f"_{precision}"
 
 
 def _tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -134,13 +138,19 @@ def main(argv: list[str] | None = None) -> None:
         end_to_end(Path(args.out), shlex.split(args.make_args))
         return
     model_cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
-    task_cfg = OmegaConf.load(CONF / "task" / "sentiment.yaml")
+    # The task settings as the embedded preset overrides them (generation length and batch).
+    task_cfg = OmegaConf.merge(OmegaConf.load(CONF / "task" / "sentiment.yaml"),
+                               OmegaConf.load(CONF / "experiment" / "sentiment_embedded.yaml").get("task", {}))
     a, vocab = model_cfg.arch, model_cfg.tokenizer.vocab_size
     new_tokens, batch = task_cfg.generation.max_new_tokens, task_cfg.generation.batch_size
     torch.manual_seed(0)
+    attn = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
     config = GPT2Config(vocab_size=vocab, n_positions=a.n_positions, n_embd=a.n_embd, n_layer=a.n_layer,
-                        n_head=a.n_head, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+                        n_head=a.n_head, activation_function=a.activation, eos_token_id=0, bos_token_id=0,
+                        pad_token_id=0, **attn)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Training steps in fp32 and, where the preset trains in bf16 on this device, in bf16 mixed precision too.
+    precisions = ["fp32"] + (["bf16"] if use_bf16(model_cfg.precision, device) else [])
     policy = GPT2LMHeadModel(config).to(device).eval()
     prompts = [[int(x) for x in torch.randint(1, vocab, (5,))] for _ in range(batch)]
     # Never sample EOS so every completion has the full length (random weights would stop at random places).
@@ -160,23 +170,27 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
     blocks = torch.randint(0, vocab, (sft.batch_size, sft.block_size), device=device)
 
-    def sft_step():
+    def sft_step(bf16: bool):
         opt.zero_grad()
-        train_model(input_ids=blocks, labels=blocks).loss.backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = train_model(input_ids=blocks, labels=blocks).loss
+        loss.backward()
         opt.step()
-    results[f"sft_step_{sft.batch_size}x{sft.block_size}"] = _timed(sft_step, args.repeats)
+    for prec in precisions:
+        results[f"sft_step_{sft.batch_size}x{sft.block_size}{_suffix(prec)}"] = _timed(
+            lambda: sft_step(prec == "bf16"), args.repeats)
     # DPO steps through TRL, on pairs of the sampled shape.
     n_pairs = 32 * (args.repeats + 1)
     pairs = Dataset.from_dict({"prompt_ids": [prompts[i % batch] for i in range(n_pairs)],
                                "chosen_ids": [completions[i % batch] for i in range(n_pairs)],
                                "rejected_ids": [completions[(i + 1) % batch] for i in range(n_pairs)]})
     with tempfile.TemporaryDirectory() as tmp:
-        dpo_args = DPOConfig(output_dir=tmp, beta=0.1, per_device_train_batch_size=32, max_steps=args.repeats + 1,
-                             learning_rate=1e-4, optim="rmsprop", report_to=[], bf16=False,
-                             gradient_checkpointing=False, logging_steps=1000, save_strategy="no",
-                             disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
+        dpo_kwargs = dict(output_dir=tmp, beta=0.1, per_device_train_batch_size=32, max_steps=args.repeats + 1,
+                          learning_rate=1e-4, optim="rmsprop", report_to=[], gradient_checkpointing=False,
+                          logging_steps=1000, save_strategy="no", disable_tqdm=True,
+                          dataloader_pin_memory=torch.cuda.is_available())
         trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=GPT2LMHeadModel(config),
-                                         args=dpo_args, train_dataset=pairs, processing_class=_tokenizer(vocab),
+                                         args=DPOConfig(**dpo_kwargs, bf16=False), train_dataset=pairs, processing_class=_tokenizer(vocab),
                                          callbacks=[timer := _StepTimer()])
         trainer.train()
         step_times = timer.times[1:]  # the first step warms up
@@ -184,28 +198,32 @@ def main(argv: list[str] | None = None) -> None:
         # The same steps reading the reference log-probs stored by the pairs stage (no reference model).
         stored = pairs.add_column("ref_chosen_logps", [-50.0] * n_pairs).add_column("ref_rejected_logps",
                                                                                   [-50.0] * n_pairs)
-        dpo_args.precompute_ref_log_probs = True
-        trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=None, args=dpo_args,
-                                         train_dataset=stored, processing_class=_tokenizer(vocab),
-                                         callbacks=[timer := _StepTimer()])
-        trainer.train()
-        results["dpo_step_32_pairs_stored_ref_logps"] = _summary(timer.times[1:])
+        for prec in precisions:
+            stored_args = DPOConfig(**dpo_kwargs, precompute_ref_log_probs=True, **trainer_precision(prec))
+            trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=None, args=stored_args,
+                                             train_dataset=stored, processing_class=_tokenizer(vocab),
+                                             callbacks=[timer := _StepTimer()])
+            trainer.train()
+            results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}"] = _summary(timer.times[1:])
     # One PPO step with the embedded preset's PPO settings (rollout, scoring, all PPO epochs); a cheap stand-in
     # scorer, so the number is PPO's own cost (add the reward model's forward for method=ppo).
     from baselines.ppo import PPO, ValueModel
 
     ppo_cfg = OmegaConf.merge(OmegaConf.load(CONF / "method" / "ppo.yaml"),
                               OmegaConf.load(CONF / "method_preset" / "sentiment_embedded" / "ppo.yaml").method)
-    ppo_policy = GPT2LMHeadModel(config).to(device)
-    with torch.no_grad():
-        ppo_policy.lm_head.weight[0].zero_()
-    value_model = ValueModel(GPT2LMHeadModel(config).transformer).to(device)
-    ppo = PPO(ppo_policy, GPT2LMHeadModel(config).to(device), value_model, lambda p, c: [len(x) / new_tokens for x in c],
-              ppo_cfg, eos_id=0, pad_id=0, max_new_tokens=new_tokens, seed=0, generation_batch_size=batch)
-    ppo_prompts = [prompts[i % batch] for i in range(ppo_cfg.batch_size)]
-    step = iter(range(10 ** 6))
-    results[f"ppo_step_{ppo_cfg.batch_size}_rollouts_{ppo_cfg.ppo_epochs}_epochs"] = _timed(
-        lambda: ppo.step(next(step), ppo_prompts), args.repeats)
+    for prec in precisions:
+        torch.manual_seed(0)
+        ppo_policy = GPT2LMHeadModel(config).to(device)
+        with torch.no_grad():
+            ppo_policy.lm_head.weight[0].zero_()
+        value_model = ValueModel(GPT2LMHeadModel(config).transformer).to(device)
+        ppo = PPO(ppo_policy, GPT2LMHeadModel(config).to(device), value_model,
+                  lambda p, c: [len(x) / new_tokens for x in c], ppo_cfg, eos_id=0, pad_id=0,
+                  max_new_tokens=new_tokens, seed=0, generation_batch_size=batch, bf16=prec == "bf16")
+        ppo_prompts = [prompts[i % batch] for i in range(ppo_cfg.batch_size)]
+        step = iter(range(10 ** 6))
+        results[f"ppo_step_{ppo_cfg.batch_size}_rollouts_{ppo_cfg.ppo_epochs}_epochs{_suffix(prec)}"] = _timed(
+            lambda: ppo.step(next(step), ppo_prompts), args.repeats)
     # The evaluation of one checkpoint: the preset's held-out prefixes, one sample each, policy and reference
     # log-probs (a stand-in reward: r* is a TF-IDF model, negligible next to this).
     from pipelines.evaluate import evaluate_policy
@@ -218,10 +236,11 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=batch, seed=0), max(1, args.repeats // 2))
     tokens = {f"sample_{batch}x{new_tokens}_tokens": batch * new_tokens,
               f"sequence_logprobs_{batch}_sequences": sum(len(p) + len(c) for p, c in zip(prompts, completions)),
-              f"sft_step_{sft.batch_size}x{sft.block_size}": sft.batch_size * sft.block_size,
               "dpo_step_32_pairs": 2 * sum(len(prompts[i % batch]) + len(completions[i % batch]) for i in range(32)),
               f"evaluate_checkpoint_{n_eval}_prefixes": n_eval * new_tokens}
-    tokens["dpo_step_32_pairs_stored_ref_logps"] = tokens["dpo_step_32_pairs"]
+    for prec in precisions:
+        tokens[f"sft_step_{sft.batch_size}x{sft.block_size}{_suffix(prec)}"] = sft.batch_size * sft.block_size
+        tokens[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}"] = tokens["dpo_step_32_pairs"]
     for name, n in tokens.items():
         results[name]["tokens"] = n
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"

@@ -16,6 +16,20 @@ from pipelines.cost import meter
 
 EOS = "<|endoftext|>"
 
+# Attention kernel of every model this process builds or loads (model.attn_implementation; None = transformers'
+# default, sdpa). Set once per process by the entry point, like the torch thread count; transformers does not save it
+# with the model, so each load passes it.
+_ATTN: dict[str, str | None] = {"impl": None}
+
+
+def set_attn_implementation(name: str | None) -> None:
+    _ATTN["impl"] = name
+
+
+def attn_kwargs() -> dict:
+    """from_pretrained / config keyword for the chosen attention kernel (empty: transformers' default)."""
+    return {"attn_implementation": _ATTN["impl"]} if _ATTN["impl"] else {}
+
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
     """GPT-2-style byte-level BPE trained on `texts`; EOS doubles as pad (there is no padding in the training text)."""
@@ -48,8 +62,9 @@ def build_policy(model_cfg: DictConfig, tokenizer) -> torch.nn.Module:
         return load_policy(model_cfg.pretrained)
     a = model_cfg.arch
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=a.n_positions, n_embd=a.n_embd, n_layer=a.n_layer,
-                        n_head=a.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        n_head=a.n_head, activation_function=a.get("activation", "gelu_new"),
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, **attn_kwargs())
     return meter(GPT2LMHeadModel(config))
 
 
@@ -57,7 +72,7 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", dtype: tor
     """Load a causal LM (safetensors only, no remote code) in eval mode (dropout off)."""
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False,
-                                                     dtype=dtype)
+                                                     dtype=dtype, **attn_kwargs())
     except OSError as err:
         raise hub_hint(str(path), err) from None
     return meter(model.to(device).eval())

@@ -49,7 +49,7 @@ def _reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completi
     bf16), so that at the first step the policy's and the stored reference's log-probs cancel as they would in TRL's
     own reference pass."""
     device = next(policy.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.model.precision)):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.model.precision, device)):
         return sequence_logprobs(policy, prompts, completions, cfg.task.generation.batch_size)
 
 

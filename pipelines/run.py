@@ -30,6 +30,7 @@ from baselines import ppo, reward_model, rloo  # noqa: E402
 from pipelines import (best_of_n, data, distributed, dpo, evaluate, likelihood, pairs, reward, sft,  # noqa: E402
                        tokenizer, winrate)
 from pipelines.common import UserError  # noqa: E402
+from pipelines.models import set_attn_implementation  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
 
@@ -122,6 +123,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     if cfg.method.name not in METHODS:
         raise UserError(f"method '{cfg.method.name}' has no trainer (available: {sorted(METHODS)})")
     torch.set_num_threads(cfg.threads)
+    set_attn_implementation(cfg.model.get("attn_implementation"))
     distributed.group()  # under a multi-process launch: open the process group before any Trainer does
     hashes: dict[str, str] = {}
     for name in cfg.pipeline:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from pipelines.common import UserError, use_bf16
+from pipelines.common import UserError, trainer_precision
 from pipelines.data import load_split
 from pipelines.distributed import is_main, save_trained
 from pipelines.models import build_policy, context_length, load_tokenizer
@@ -54,7 +54,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type=s.lr_scheduler,
         max_length=s.block_size, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
         # TRL defaults both on; neither is wanted on CPU or for small models.
-        bf16=use_bf16(cfg.model.precision), gradient_checkpointing=False,
+        **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"sft-{cfg.model.name}"), seed=cfg.shared_seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,

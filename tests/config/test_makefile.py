@@ -35,3 +35,15 @@ def test_paper_preset_defaults_to_one_job():
     assert any("-j2 method-dpo" in line for line in plan("reproduce-sentiment-paper", "METHODS=dpo", "PAPER_JOBS=2"))
     assert any("-j1 method-dpo" in line for line in lines)
     assert any("experiment=sentiment_paper" in line and "threads=8" in line for line in lines)
+
+
+def test_reward_model_is_a_parallel_job_that_its_readers_wait_for():
+    lines = plan("reproduce-sentiment", "METHODS=ppo dpo bon ppo_gt", "JOBS=2", "NPROC=2")
+    shared = next(line for line in lines if "pipeline=[data,tokenizer,sft" in line)
+    assert "reward_model" not in shared
+    order = [next(m for m in ("pipeline=[reward_model]", "method=ppo ", "method=dpo", "method=bon", "method=ppo_gt")
+                  if m in line) for line in lines if "> $log" in line]
+    # r_phi once, before PPO and Best-of-N (which read it); its job runs on one thread like the method jobs
+    assert order.count("pipeline=[reward_model]") == 1
+    assert order.index("pipeline=[reward_model]") < min(order.index("method=ppo "), order.index("method=bon"))
+    assert all("threads=1" in line for line in lines if "> $log" in line)
