@@ -553,6 +553,34 @@ def step_costs(run_root: Path) -> list[str]:
     return lines + [""]
 
 
+def preset_changes(before_dir: Path, df: pd.DataFrame) -> list[str]:
+    """The effect of a change of the preset on the frontier: `before_dir` holds the previous run's frontier.csv and
+    changes.md (what changed, as a markdown list); a table of each method's matched-KL reward before and after."""
+    csv, notes = before_dir / "frontier.csv", before_dir / "changes.md"
+    if not csv.exists() or not notes.exists():
+        return []
+    before = pd.read_csv(csv)
+    for col in NUMERIC:
+        if col in before:
+            before[col] = pd.to_numeric(before[col], errors="coerce")
+    old, new = seed_table(before).set_index(["method", "kl"]), seed_table(df).set_index(["method", "kl"])
+    lines = ["## Preset changes since the previous committed run, and their effect on the frontier", "",
+             notes.read_text().strip(), "",
+             f"Before: `{csv}` (that run's frontier.csv). Mean interpolated r* at matched KL (as above; one seed each "
+             "unless stated), after − before; — where a run does not reach that KL.", "",
+             "| method | KL | before | after | after − before |", "|---|---|---|---|---|"]
+    sft_b, sft_a = before[before.method == "sft"], df[df.method == "sft"]
+    if len(sft_b) and len(sft_a):
+        b, a = float(sft_b.reward.iloc[0]), float(sft_a.reward.iloc[0])
+        lines.append(f"| SFT | 0 | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
+    for method, budget in new.index:
+        a = new.loc[(method, budget), "mean"]
+        b = old.loc[(method, budget), "mean"] if (method, budget) in old.index else float("nan")
+        diff = f"{a - b:+.3f}" if not (np.isnan(a) or np.isnan(b)) else "—"
+        lines.append(f"| {NAMES.get(method, method)} | {budget:g} | {_fmt(b) or '—'} | {_fmt(a) or '—'} | {diff} |")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment")
@@ -573,8 +601,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = winrate.write(run_root, out_dir, args.task, args.preset, REFERENCES.get(args.task, "the reference"))
     from analysis import cost
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
+    changes = preset_changes(out_dir / "before", df)
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
-                                                lines) + "\n".join(cost_lines))
+                                                lines) + "\n".join(cost_lines + changes))
     print(f"wrote {out_dir}/frontier.csv, frontier.png, frontier_runs.png, summary.md ({len(df)} points)")
 
 

@@ -242,3 +242,24 @@ def test_a_seed_missing_settings_is_left_out_of_the_seed_statistics():
     assert t.loc[("dpo", 2)].n_seeds == 1 and t.loc[("dpo", 2)]["mean"] == pytest.approx(0.60)
     text = "\n".join(reading(df))
     assert "Left out of the seed statistics (not every setting evaluated yet): DPO seed 1." in text
+
+
+def test_preset_changes_compare_matched_kl_reward_before_and_after(tmp_path):
+    from analysis.frontier import preset_changes
+
+    before = tmp_path / "before"
+    assert preset_changes(before, table()) == []  # nothing to compare with
+    before.mkdir()
+    old = table()
+    old.loc[old.method == "sft", "reward"] = 0.45
+    # before: DPO's front (0, .45) (2, .50): KL 1 reads .475, KL 2 .50, nothing beyond KL 2
+    old = old[(old.method == "sft") | ((old.param == 0.1) & (old.step == 10))].assign(
+        reward=lambda d: d.reward.where(d.method == "sft", 0.50))
+    old.to_csv(before / "frontier.csv", index=False)
+    (before / "changes.md").write_text("- completions 48 -> 32 tokens\n")
+    text = "\n".join(preset_changes(before, table()))
+    assert "- completions 48 -> 32 tokens" in text
+    assert "| SFT | 0 | 0.450 | 0.500 | +0.050 |" in text
+    # after (table()): front (0, .50) (1, .55) (2, .60) (6, .70)
+    assert "| DPO | 1 | 0.475 | 0.550 | +0.075 |" in text and "| DPO | 2 | 0.500 | 0.600 | +0.100 |" in text
+    assert "| DPO | 5 | — | 0.675 | — |" in text
