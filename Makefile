@@ -25,8 +25,10 @@ JOBS ?= 2
 PAPER_JOBS ?= 1
 JOB_THREADS ?= $(shell n=$$(( $(NPROC) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 SHARED_PIPELINE := [data,tokenizer,sft,reward,evaluate_sft,pairs]
-# Methods that read the learned reward model r_phi (PPO, RLOO, Best-of-N): their sweeps wait for the reward-model job,
-# which trains as one of the parallel jobs beside the methods that do not need it.
+# Methods that read the learned reward model r_phi (PPO, RLOO, Best-of-N): their job trains it first when it is not
+# there yet (a file lock keeps it to one training; later readers find it done), so r_phi runs as part of a parallel
+# job beside the methods that do not need it. (A make prerequisite would not do: make's job server would start the
+# reader only after every other method had started, leaving the longest sweep for the end.)
 RPHI_METHODS := ppo rloo bon
 # Multi-GPU training of each run: ACCELERATE=ddp, fsdp or deepspeed_zero3 (conf/accelerate/<name>.yaml) launches every
 # pipeline command under `accelerate launch`; empty: one process.
@@ -35,7 +37,7 @@ RUN = $(if $(ACCELERATE),$(VENV)/bin/accelerate launch --config_file conf/accele
 # Where the parallel jobs write their logs (one file per method).
 LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
 
-.PHONY: reward-model help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper sweep analyze-sentiment test test-all bench bench-e2e clean-runs
+.PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper sweep analyze-sentiment test test-all bench bench-e2e clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -70,27 +72,21 @@ sweep:
 	@echo "$(EXPERIMENT): shared stages and $(words $(METHODS)) method sweep(s), seeds $(SEEDS), took" \
 	  "$$(( ($$(date +%s) - $$(cat $(LOGS)/.sweep_start)) / 60 )) min with $(JOBS) job(s) x $(JOB_THREADS) thread(s)"
 
-# One parallel job: $(1) its name, $(2) the pipeline command. With JOBS > 1 its output goes to $(LOGS)/$(1).log.
+# One parallel job: $(1) its name, $(2) its commands. With JOBS > 1 their output goes to $(LOGS)/$(1).log.
 define job
 	@if [ "$(JOBS)" = 1 ]; then \
 	  $(2); \
 	else \
 	  log=$(LOGS)/$(1).log; mkdir -p $(LOGS); start=$$(date +%s); echo "[$(1)] started (log: $$log)"; \
-	  if $(2) > $$log 2>&1; then \
+	  if { $(2); } > $$log 2>&1; then \
 	    echo "[$(1)] done in $$(( ($$(date +%s) - start) / 60 )) min"; \
 	  else echo "[$(1)] FAILED; the end of $$log:"; tail -n 40 $$log; exit 1; fi; \
 	fi
 endef
 
-# The learned reward model r_phi (shared by every seed and setting of the methods that read it).
-reward-model:
-	$(call job,reward_model,$(RUN) experiment=$(EXPERIMENT) 'pipeline=[reward_model]' threads=$(JOB_THREADS) $(ARGS))
-
-$(addprefix method-,$(RPHI_METHODS)): reward-model
-
-# One method's sweep over its preset grid.
+# One method's sweep over its preset grid (after the learned reward model, for the methods that read it).
 method-%:
-	$(call job,$*,$(RUN) --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS))
+	$(call job,$*,$(if $(filter $*,$(RPHI_METHODS)),$(RUN) experiment=$(EXPERIMENT) 'pipeline=[reward_model]' threads=$(JOB_THREADS) $(ARGS) && )$(RUN) --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS))
 
 analyze-sentiment: $(VENV)/.installed ## rebuild frontier.csv/png and summary.md from finished runs
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"

@@ -21,6 +21,7 @@ from pipelines.common import pick_device, use_bf16
 from pipelines.cost import add_generated, meter
 from pipelines.dpo import SnapshotPolicy, train_and_save
 from pipelines.models import load_policy, load_tokenizer
+from pipelines import vllm_sampling
 from pipelines.sampling import sample_completions
 from pipelines.tracking import JsonlMetrics, trainer_report_to
 
@@ -69,7 +70,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         max_grad_norm=m.max_grad_norm, max_steps=m.total_steps, logging_steps=1, save_steps=m.save_steps,
         save_total_limit=1, disable_dropout=True, bf16=use_bf16(cfg.model.precision, device),
         gradient_checkpointing=False, report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"),
-        seed=cfg.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu")
+        seed=cfg.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu",
+        # task.generation.backend=vllm: TRL's own colocated vLLM engine samples the rollouts.
+        use_vllm=vllm_sampling.active(), vllm_mode="colocate",
+        vllm_gpu_memory_utilization=vllm_sampling.gpu_memory_utilization())
     trainer = RLOOTrainer(model=policy, reward_funcs=make_reward_func(scorer, mean, std), args=args,
                           train_dataset=data, processing_class=tokenizer,
                           callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"),

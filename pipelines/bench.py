@@ -103,24 +103,54 @@ def end_to_end(out: Path, make_args: list[str]) -> None:
     sha, start = git_sha(), time.time()
     subprocess.run(command, check=True)
     seconds = time.time() - start
-    stages: dict[str, float] = {}
-    for done in runs.glob("**/done.json"):
-        d = json.loads(done.read_text())
-        key = d["stage"] if "shared" in done.parts else f"method {d['stage']}"
-        stages[key] = stages.get(key, 0.0) + d["wall_time_s"]
     record = {"command": shlex.join(command), "seconds": round(seconds, 1), "git_sha": sha,
               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "stage_seconds": {k: round(v, 1) for k, v in sorted(stages.items())}}
+              **stage_times(runs, start)}
+    write_e2e(out, record)
+
+
+def stage_times(runs: Path, start: float) -> dict:
+    """Stage wall times summed over all runs, and the two phases: the shared stages that run first, alone (up to
+    the last of them to finish), then the parallel jobs (everything after)."""
+    stages: dict[str, float] = {}
+    shared_end = start
+    for done in runs.glob("**/done.json"):
+        d = json.loads(done.read_text())
+        shared = "shared" in done.parts
+        key = d["stage"] if shared else f"method {d['stage']}"
+        stages[key] = stages.get(key, 0.0) + d["wall_time_s"]
+        if shared and d["stage"] != "reward_model":  # r_phi trains as one of the parallel jobs
+            shared_end = max(shared_end, datetime.fromisoformat(d["finished_at"]).timestamp())
+    return {"stage_seconds": {k: round(v, 1) for k, v in sorted(stages.items())},
+            "phase_seconds": {"shared stages (all cores, one after another)": round(shared_end - start, 1)}}
+
+
+def write_e2e(out: Path, record: dict) -> None:
+    """<out>/e2e-<device>.{json,md}; earlier measurements in the existing json are kept as its history."""
     out.mkdir(parents=True, exist_ok=True)
     slug = f"e2e-cpu-{os.cpu_count()}cores" if not torch.cuda.is_available() else \
         f"e2e-{torch.cuda.get_device_name().replace(' ', '_')}"
-    (out / f"{slug}.json").write_text(json.dumps(record, indent=2) + "\n")
+    path = out / f"{slug}.json"
+    history = []
+    if path.exists():
+        old = json.loads(path.read_text())
+        history = old.get("history", []) + [{k: old[k] for k in ("git_sha", "finished_at", "seconds", "command")}]
+    record = {**record, "history": history}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    seconds = record["seconds"]
     lines = [f"# End-to-end: `{record['command']}`", "",
              f"**{seconds / 60:.1f} min** from an empty runs folder (venv and data cache present), at "
-             f"`{sha}`, finished {record['finished_at']}. {record['machine']}", "",
-             "Stage wall times summed over all runs (parallel jobs overlap, so the sum exceeds the total):", "",
-             "| stage | minutes |", "|---|---|"]
+             f"`{record['git_sha']}`, finished {record['finished_at']}. {record['machine']}", ""]
+    for name, s in record.get("phase_seconds", {}).items():
+        lines.append(f"- {name}: {s / 60:.1f} min; the parallel method jobs (and r_phi) after them: "
+                     f"{(seconds - s) / 60:.1f} min.")
+    lines += ["", "Stage wall times summed over all runs (parallel jobs overlap, so the sum exceeds the total):", "",
+              "| stage | minutes |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in record["stage_seconds"].items()]
+    if history:
+        lines += ["", "Earlier measurements (same command and machine class; the presets of those commits):", "",
+                  "| git SHA | finished | minutes |", "|---|---|---|"]
+        lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} |" for h in history]
     (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

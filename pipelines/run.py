@@ -28,7 +28,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from baselines import ppo, reward_model, rloo  # noqa: E402
 from pipelines import (best_of_n, data, distributed, dpo, evaluate, likelihood, pairs, reward, sft,  # noqa: E402
-                       tokenizer, winrate)
+                       tokenizer, vllm_sampling, winrate)
 from pipelines.common import UserError  # noqa: E402
 from pipelines.models import set_attn_implementation  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
@@ -124,6 +124,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
         raise UserError(f"method '{cfg.method.name}' has no trainer (available: {sorted(METHODS)})")
     torch.set_num_threads(cfg.threads)
     set_attn_implementation(cfg.model.get("attn_implementation"))
+    vllm_sampling.configure(cfg)  # resolves task.generation.backend=auto before any stage hash is taken
     distributed.group()  # under a multi-process launch: open the process group before any Trainer does
     hashes: dict[str, str] = {}
     for name in cfg.pipeline:

@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from pipelines.cost import add_generated
+from pipelines import vllm_sampling
+from pipelines.cost import add_generated, current, flop_params
 
 
 def full_distribution_config(max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0
@@ -62,7 +63,18 @@ def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, 
                        batch_size: int, seed: int, tag: str = "sample", temperature: float = 1.0,
                        desc: str | None = None) -> list[list[int]]:
     """One completion per prompt (repeat prompts for several). Each completion ends at its first EOS (kept) or
-    at max_new_tokens (no EOS). Returns token ids without padding."""
+    at max_new_tokens (no EOS). Returns token ids without padding. With task.generation.backend=vllm, vLLM samples
+    (pipelines/vllm_sampling.py) from the model's current weights, one seed per prompt."""
+    if vllm_sampling.active():
+        out = vllm_sampling.engine_for(model).sample(
+            prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+            seeds=[batch_seed(seed, tag, i) for i in range(len(prompts))])
+        cost = current()
+        if cost is not None:  # prefill + one position per generated token, as the KV-cached passes below count
+            cost.add_pass(sum(len(p) + len(c) for p, c in zip(prompts, out)), flop_params(model), train=False)
+        for c in out:
+            add_generated(len(c))
+        return out
     device = next(model.parameters()).device
     gen_cfg = full_distribution_config(max_new_tokens, eos_id, pad_id, temperature)
     was_training = model.training

@@ -37,13 +37,19 @@ def test_paper_preset_defaults_to_one_job():
     assert any("experiment=sentiment_paper" in line and "threads=8" in line for line in lines)
 
 
-def test_reward_model_is_a_parallel_job_that_its_readers_wait_for():
+def test_reward_model_is_trained_inside_the_jobs_that_read_it():
     lines = plan("reproduce-sentiment", "METHODS=ppo dpo bon ppo_gt", "JOBS=2", "NPROC=2")
     shared = next(line for line in lines if "pipeline=[data,tokenizer,sft" in line)
     assert "reward_model" not in shared
-    order = [next(m for m in ("pipeline=[reward_model]", "method=ppo ", "method=dpo", "method=bon", "method=ppo_gt")
-                  if m in line) for line in lines if "> $log" in line]
-    # r_phi once, before PPO and Best-of-N (which read it); its job runs on one thread like the method jobs
-    assert order.count("pipeline=[reward_model]") == 1
-    assert order.index("pipeline=[reward_model]") < min(order.index("method=ppo "), order.index("method=bon"))
-    assert all("threads=1" in line for line in lines if "> $log" in line)
+    jobs = {m: line for line in lines if "> $log" in line
+            for m in ("method=ppo ", "method=dpo", "method=bon", "method=ppo_gt") if m in line}
+    assert len(jobs) == 4
+    # PPO and Best-of-N read r_phi: their job trains it first (skipped when done), in the job's own log
+    for m in ("method=ppo ", "method=bon"):
+        assert jobs[m].index("pipeline=[reward_model]") < jobs[m].index(m) < jobs[m].index("> $log")
+        assert "{ " in jobs[m] and "&& " in jobs[m]
+    assert all("reward_model" not in jobs[m] for m in ("method=dpo", "method=ppo_gt"))
+    assert all("threads=1" in line for line in jobs.values())
+    # the job order is the METHODS order (make starts them in it)
+    fork = next(line for line in lines if "-j2 method-" in line)
+    assert fork.split("-j2 ")[1].split() == ["method-ppo", "method-dpo", "method-bon", "method-ppo_gt"]

@@ -12,6 +12,9 @@ def test_bench_writes_its_record(tmp_path):
     assert {"dpo_step_32_pairs", "dpo_step_32_pairs_stored_ref_logps", "sft_step_32x128",
             "ppo_step_64_rollouts_2_epochs", "evaluate_checkpoint_16_prefixes"} <= set(results)
     assert all(r["median_s"] > 0 for r in results.values())
+    if bench.use_bf16("bf16"):  # the preset trains in bf16 where the CPU has it: both precisions are timed
+        assert {"sft_step_32x128_bf16", "dpo_step_32_pairs_stored_ref_logps_bf16",
+                "ppo_step_64_rollouts_2_epochs_bf16"} <= set(results)
     assert results["sft_step_32x128"]["tokens"] == 32 * 128
     assert "tokens / s" in next(tmp_path.glob("*.md")).read_text()
 
@@ -23,3 +26,32 @@ def test_end_to_end_refuses_a_runs_folder_that_is_not_empty(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="starts from an empty"):
         bench.main(["--e2e", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_end_to_end_record_has_phases_and_keeps_earlier_measurements(tmp_path):
+    from datetime import datetime
+
+    runs = tmp_path / "runs" / "sentiment" / "embedded"
+    t0 = datetime.fromisoformat("2026-12-01T09:00:00+00:00").timestamp()
+    for folder, stage, finished, wall in (("shared/sft", "sft", "09:08:00", 480.0),
+                                          ("shared/pairs", "pairs", "09:10:00", 30.0),
+                                          ("shared/reward_model", "reward_model", "09:20:00", 200.0),
+                                          ("seed0/dpo_beta0.1", "train", "09:30:00", 300.0),
+                                          ("seed0/dpo_beta0.1/eval", "evaluate", "09:31:00", 20.0)):
+        (runs / folder).mkdir(parents=True)
+        (runs / folder / "done.json").write_text(json.dumps(
+            {"stage": stage, "wall_time_s": wall, "finished_at": f"2026-12-01T{finished}+00:00"}))
+    times = bench.stage_times(tmp_path / "runs", t0)
+    # the shared phase ends with pairs: r_phi is one of the parallel jobs
+    assert list(times["phase_seconds"].values()) == [600.0]
+    assert times["stage_seconds"] == {"method evaluate": 20.0, "method train": 300.0, "pairs": 30.0,
+                                      "reward_model": 200.0, "sft": 480.0}
+    out = tmp_path / "out"
+    for sha, seconds in (("a" * 40, 3000.0), ("b" * 40, 1860.0)):
+        bench.write_e2e(out, {"command": "make reproduce-sentiment", "seconds": seconds, "git_sha": sha,
+                              "finished_at": "2026-12-01T09:31:00+00:00", "machine": "Machine: test.", **times})
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert record["git_sha"] == "b" * 40 and [h["git_sha"] for h in record["history"]] == ["a" * 40]
+    text = next(out.glob("*.md")).read_text()
+    assert "**31.0 min**" in text and "10.0 min; the parallel method jobs (and r_phi) after them: 21.0 min" in text
+    assert "| `aaaaaaaaaa` | 2026-12-01T09:31:00+00:00 | 50.0 |" in text
