@@ -145,27 +145,33 @@ def _check_utf8(path: Path) -> None:
                                 "re-encode the file as UTF-8") from None
 
 
-def read_local(files) -> list[dict]:
+def read_table(path: Path):
+    """One local .jsonl/.json, .parquet or .csv file as a `datasets` table, with a clear error for a missing,
+    unsupported, non-UTF-8 or unparsable file."""
     import datasets
 
+    fmt = SUFFIX_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if fmt != "parquet":
+        _check_utf8(path)
+    try:
+        return datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as err:  # datasets raises many kinds; all mean the file cannot be parsed
+        raise UserError(f"{path}: cannot be read as {fmt} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def read_local(files) -> list[dict]:
     files = [files] if isinstance(files, str) else list(files or [])
     if not files:
         raise UserError("task.data.source=local needs task.data.local_files (a path or a list of paths)")
     docs = []
     for name in files:
         path = Path(name)
-        fmt = SUFFIX_FORMAT.get(path.suffix.lower())
-        if fmt is None:
-            raise UserError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
-        if not path.is_file():
-            raise UserError(f"{path}: file not found")
-        if fmt != "parquet":
-            _check_utf8(path)
-        try:
-            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
-        except Exception as err:  # datasets raises many kinds; all mean the file cannot be parsed
-            raise UserError(f"{path}: cannot be read as {fmt} ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        ds = read_table(path)
         missing = {"text", "label"} - set(ds.column_names)
         if missing:
             raise UserError(f"{path}: missing column(s) {sorted(missing)}; found {ds.column_names}")
