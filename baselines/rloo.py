@@ -17,11 +17,11 @@ from omegaconf import DictConfig
 from trl import RLOOConfig, RLOOTrainer
 
 from baselines.ppo import method_scorer, train_prefixes
+from pipelines import vllm_sampling
 from pipelines.common import pick_device, use_bf16
 from pipelines.cost import add_generated, meter
 from pipelines.dpo import SnapshotPolicy, train_and_save
 from pipelines.models import load_policy, load_tokenizer
-from pipelines import vllm_sampling
 from pipelines.sampling import sample_completions
 from pipelines.tracking import JsonlMetrics, trainer_report_to
 

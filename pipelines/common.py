@@ -82,13 +82,16 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def use_bf16(precision: str, device: torch.device | str | None = None) -> bool:
     """Whether training runs in bf16 mixed precision (fp32 master weights, bf16 autocast) on `device` (default: the
     one Trainer picks). precision=bf16 asks for it where the hardware does bf16 natively: CUDA GPUs with bf16
     (Ampere and newer) and CPUs with AVX512-BF16/AMX (train steps of the embedded model 1.45-1.65x faster on
     this project's CI CPUs, results/bench); elsewhere fp32, since emulated bf16 is slower than fp32. fp32: never.
     TRL's configs default bf16 on, so every stage passes this explicitly."""
-    if precision not in ("fp32", "bf16"):
+    if precision not in PRECISIONS:
         raise UserError(f"model.precision must be fp32 or bf16, got '{precision}'")
     if precision == "fp32":
         return False

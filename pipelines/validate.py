@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipelines.common import UserError
+from pipelines.common import PRECISIONS, UserError
+from pipelines.vllm_sampling import BACKENDS
 
 SOURCES = ("embedded", "hf", "local")
 REWARDS = ("tfidf_logreg", "hf_classifier")
@@ -30,9 +31,10 @@ def validate(cfg: DictConfig) -> None:
                                            f"{t.generation.max_new_tokens}")
     need(t.generation.temperature > 0, f"task.generation.temperature must be > 0, got {t.generation.temperature}")
     need(t.generation.batch_size >= 1, f"task.generation.batch_size must be >= 1, got {t.generation.batch_size}")
-    need(t.generation.get("backend", "hf") in ("hf", "vllm", "auto"),
-         f"task.generation.backend must be one of hf, vllm, auto, got '{t.generation.get('backend')}'")
-    need(cfg.model.precision in ("fp32", "bf16"), f"model.precision must be fp32 or bf16, got '{cfg.model.precision}'")
+    need(t.generation.get("backend", "hf") in BACKENDS,
+         f"task.generation.backend must be one of {', '.join(BACKENDS)}, got '{t.generation.get('backend')}'")
+    need(cfg.model.precision in PRECISIONS,
+         f"model.precision must be {' or '.join(PRECISIONS)}, got '{cfg.model.precision}'")
     need(0 < cfg.get("vllm_gpu_memory_utilization", 0.3) < 1,
          f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.get('vllm_gpu_memory_utilization')}")
     need(t.reward.kind in REWARDS, f"task.reward.kind must be one of {REWARDS}, got '{t.reward.kind}'")
