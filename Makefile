@@ -25,6 +25,12 @@ JOBS ?= 2
 PAPER_JOBS ?= 1
 JOB_THREADS ?= $(shell n=$$(( $(NPROC) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 SHARED_PIPELINE := [data,tokenizer,sft,reward,evaluate_sft,pairs]
+# The prompt-response tasks (summarization, dialogue): no frontier stage; pairs come from the data. Their methods:
+# the SFT policy itself and Preferred-FT as baselines, DPO, PPO and Best-of-N on the learned reward model.
+TEXT_SHARED_PIPELINE := [data,tokenizer,sft,reward,pairs]
+SUMMARIZATION_METHODS ?= ppo bon dpo preferred_ft sft
+# Dialogue: the SFT stage is Preferred-FT on the chosen answers (the paper's reference), so no second Preferred-FT.
+DIALOGUE_METHODS ?= ppo bon dpo sft
 # Methods that read the learned reward model r_phi (PPO, RLOO, Best-of-N): their job trains it first when it is not
 # there yet (a file lock keeps it to one training; later readers find it done), so r_phi runs as part of a parallel
 # job beside the methods that do not need it. (A make prerequisite would not do: make's job server would start the
@@ -37,7 +43,8 @@ RUN = $(if $(ACCELERATE),$(VENV)/bin/accelerate launch --config_file conf/accele
 # Where the parallel jobs write their logs (one file per method).
 LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
 
-.PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper sweep analyze-sentiment test test-all bench bench-e2e clean-runs
+.PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper reproduce-summarization \
+	reproduce-dialogue sweep analyze-sentiment test test-all bench bench-e2e clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -62,12 +69,24 @@ reproduce-sentiment-paper: $(VENV)/.installed ## paper scale (gpt2-large, IMDb, 
 	@$(MAKE) --no-print-directory sweep EXPERIMENT=sentiment_paper JOBS=$(PAPER_JOBS)
 	$(PY) -m analysis.frontier --task sentiment --preset paper --command "make reproduce-sentiment-paper"
 
+reproduce-summarization: $(VENV)/.installed ## offline smoke run of the TL;DR pipeline (Debian package descriptions): SFT, DPO, PPO, Best-of-N, win rates vs temperature
+	@$(MAKE) --no-print-directory sweep EXPERIMENT=summarization_embedded SHARED='$(TEXT_SHARED_PIPELINE)' \
+	  METHODS="$(SUMMARIZATION_METHODS)"
+	$(PY) -m analysis.winrate --task summarization --preset embedded --command "make reproduce-summarization SEEDS=\"$(SEEDS)\""
+
+reproduce-dialogue: $(VENV)/.installed ## offline smoke run of the HH pipeline (chitchat-dataset): Preferred-FT reference, DPO, PPO, Best-of-N, win rates
+	@$(MAKE) --no-print-directory sweep EXPERIMENT=dialogue_embedded SHARED='$(TEXT_SHARED_PIPELINE)' \
+	  METHODS="$(DIALOGUE_METHODS)"
+	$(PY) -m analysis.winrate --task dialogue --preset embedded --command "make reproduce-dialogue SEEDS=\"$(SEEDS)\""
+
 # The shared stages once (all cores), then one multirun per method, JOBS at a time, then the time it all took.
+# SHARED: the shared stages of the experiment's task.
+SHARED ?= $(SHARED_PIPELINE)
 sweep:
 	@test -n "$(EXPERIMENT)" || { echo "sweep needs EXPERIMENT=<conf/experiment name>"; exit 2; }
 	@mkdir -p $(LOGS) && date +%s > $(LOGS)/.sweep_start
 	@test -z "$(ACCELERATE)" -o -f conf/accelerate/$(ACCELERATE).yaml || { echo "ACCELERATE=$(ACCELERATE): no conf/accelerate/$(ACCELERATE).yaml (ddp, fsdp, deepspeed_zero3)"; exit 2; }
-	$(RUN) experiment=$(EXPERIMENT) 'pipeline=$(SHARED_PIPELINE)' threads=$(NPROC) $(ARGS)
+	$(RUN) experiment=$(EXPERIMENT) 'pipeline=$(SHARED)' threads=$(NPROC) $(ARGS)
 	@$(MAKE) --no-print-directory -j$(JOBS) $(addprefix method-,$(METHODS))
 	@echo "$(EXPERIMENT): shared stages and $(words $(METHODS)) method sweep(s), seeds $(SEEDS), took" \
 	  "$$(( ($$(date +%s) - $$(cat $(LOGS)/.sweep_start)) / 60 )) min with $(JOBS) job(s) x $(JOB_THREADS) thread(s)"

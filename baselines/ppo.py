@@ -301,7 +301,11 @@ def method_scorer(cfg: DictConfig, tokenizer, device):
 
 
 def train_prefixes(cfg: DictConfig, tokenizer, n: int) -> list[list[int]]:
-    """The first n train prefixes (token ids): the prompt pool of the online methods."""
+    """The first n train prefixes (token ids): the prompt pool of the online methods. Prompt-response tasks: the
+    first n train prompts of the data (pipelines/text_task.py)."""
+    from pipelines import text_task
+    if text_task.is_text_task(cfg):
+        return text_task.train_prompts(cfg, tokenizer, n)
     return [x["prompt_ids"] for x in make_prefixes(
         load_split(cfg.paths.data, "train"), tokenizer, n, cfg.task.prompt.min_tokens, cfg.task.prompt.max_tokens,
         cfg.shared_seed, "train")]

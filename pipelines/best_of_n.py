@@ -6,7 +6,11 @@ log N - (N - 1) / N (Stiennon et al. 2020; an upper bound, Beirami et al. 2024),
 Stage `train` (method=bon): sample max(N) completions per prefix once, score them all with r_phi, in resumable
 chunks (samples/chunk*.jsonl). Stage `evaluate`: for each N of the grid, the first N samples of each prefix (nested
 sets, as if sampled separately) -> the r_phi-best -> r*; one eval/step<N>.json per N.
-Reads sft/policy, reward_model/, data/ (test prefixes), reward/ (r*)."""
+Reads sft/policy, reward_model/, data/ (test prefixes), reward/ (r*).
+
+Prompt-response tasks (summarization, dialogue) have no r* and no frontier: the train stage samples at every
+temperature of the win-rate sweep (the paper plots Best-of-128 against temperature), into samples/T<t>/, and the
+win-rate stage judges the r_phi-best of max(N) (`selections`). At temperature 0 every sample is the greedy one."""
 from __future__ import annotations
 
 import logging
@@ -17,11 +21,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from pipelines.common import atomic_write_json, pick_device, read_jsonl, write_jsonl
+from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
 from pipelines.evaluate import test_prompts
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.reward import load_reward
 from pipelines.sampling import sample_completions
+from pipelines.text_task import eval_rows, is_text_task
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,25 @@ def select_best(scores: list[list[float]], n: int) -> list[int]:
     return out
 
 
+def sampling_temperatures(cfg: DictConfig) -> list[float]:
+    """Temperatures the train stage samples at: the task's one (sentiment), or every non-zero one of the win-rate
+    sweep (prompt-response tasks)."""
+    if not is_text_task(cfg):
+        return [float(cfg.task.generation.temperature)]
+    return [float(t) for t in cfg.task.winrate.temperatures if t > 0]
+
+
+def samples_dir(cfg: DictConfig, temperature: float) -> Path:
+    root = Path(cfg.paths.method) / "samples"
+    return root / f"T{temperature:g}" if is_text_task(cfg) else root
+
+
+def held_out_prompts(cfg: DictConfig, tokenizer) -> list[list[int]]:
+    if is_text_task(cfg):
+        return [r["prompt_ids"] for r in eval_rows(cfg, tokenizer, cfg.method.n_prompts or cfg.task.winrate.n_prompts)]
+    return test_prompts(cfg, tokenizer, cfg.method.n_prompts)
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Sample and score max(N) completions per held-out prefix, chunk by chunk (a rerun skips finished chunks)."""
     from baselines.reward_model import load_scorer
@@ -52,34 +76,49 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(sft_dir)
     policy = load_policy(sft_dir, device)
     scorer = load_scorer(cfg, device)
-    prompts = test_prompts(cfg, tokenizer, m.n_prompts)
+    prompts = held_out_prompts(cfg, tokenizer)
     n_max = max(m.n_grid)
     chunks = range(0, len(prompts), m.chunk_prompts)
     t0, sampled = time.time(), 0
-    for c, start in enumerate(tqdm(chunks, desc=f"best-of-{n_max}: sample + score r_phi")):
-        path = out_dir / "samples" / f"chunk{c:04d}.jsonl"
-        if path.exists():
-            continue
-        batch = prompts[start:start + m.chunk_prompts]
-        repeated = [p for p in batch for _ in range(n_max)]
-        completions = sample_completions(policy, repeated, max_new_tokens=g.max_new_tokens,
-                                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                         batch_size=m.sample_batch_size, seed=cfg.seed, tag=f"bon/{c}",
-                                         temperature=g.temperature)
-        scores = scorer(repeated, completions)
-        write_jsonl(path, [{"prompt_ids": p, "completions": completions[i * n_max:(i + 1) * n_max],
-                            "scores": scores[i * n_max:(i + 1) * n_max]} for i, p in enumerate(batch)])
-        sampled += len(repeated)
+    for temperature in sampling_temperatures(cfg):
+        # The tag of the temperature-1 sentiment samples predates the temperature sweep: kept, so its samples stay.
+        tag = "bon" if not is_text_task(cfg) else f"bon/T{temperature:g}"
+        for c, start in enumerate(tqdm(chunks, desc=f"best-of-{n_max} T={temperature:g}: sample + score r_phi")):
+            path = samples_dir(cfg, temperature) / f"chunk{c:04d}.jsonl"
+            if path.exists():
+                continue
+            batch = prompts[start:start + m.chunk_prompts]
+            repeated = [p for p in batch for _ in range(n_max)]
+            completions = sample_completions(policy, repeated, max_new_tokens=g.max_new_tokens,
+                                             eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                                             batch_size=m.sample_batch_size, seed=cfg.seed, tag=f"{tag}/{c}",
+                                             temperature=temperature)
+            scores = scorer(repeated, completions)
+            write_jsonl(path, [{"prompt_ids": p, "completions": completions[i * n_max:(i + 1) * n_max],
+                                "scores": scores[i * n_max:(i + 1) * n_max]} for i, p in enumerate(batch)])
+            sampled += len(repeated)
     seconds = time.time() - t0
     return {"n_prompts": len(prompts), "n_max": n_max, "samples_this_run": sampled,
+            "temperatures": sampling_temperatures(cfg),
             "seconds_per_1k_samples": round(1000 * seconds / sampled, 3) if sampled else None}
+
+
+def selections(cfg: DictConfig, temperature: float, n: int) -> list[list[int]]:
+    """The r_phi-best of the first n samples of each held-out prompt at one sampled temperature (token ids)."""
+    rows = [r for f in sorted(samples_dir(cfg, temperature).glob("chunk*.jsonl")) for r in read_jsonl(f)]
+    if not rows:
+        raise UserError(f"best-of-N has no samples at T={temperature:g} in {samples_dir(cfg, temperature)}; "
+                        "rerun its train stage")
+    picks = select_best([r["scores"] for r in rows], n)
+    return [r["completions"][i] for r, i in zip(rows, picks)]
 
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """One frontier point per N: r* of the r_phi-best of the first N samples of each prefix."""
     m = cfg.method
     tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
-    rows = [r for f in sorted((Path(cfg.paths.method) / "samples").glob("chunk*.jsonl")) for r in read_jsonl(f)]
+    rows = [r for f in sorted(samples_dir(cfg, cfg.task.generation.temperature).glob("chunk*.jsonl"))
+            for r in read_jsonl(f)]
     reward = load_reward(cfg)
     eos = tokenizer.eos_token_id
     points = {}

@@ -209,6 +209,9 @@ def split_docs(docs: list[dict], test_fraction: float, seed: int, max_docs: int 
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from pipelines import text_task
+    if text_task.is_text_task(cfg):  # summarization, dialogue: prompts, answers and pairs from the data
+        return text_task.run_data(cfg, out_dir)
     d = cfg.task.data
     if d.source == "embedded":
         train, test = split_docs(read_embedded(cfg.paths.cache, list(d.embedded_corpora)), d.test_fraction,

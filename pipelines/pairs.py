@@ -54,6 +54,9 @@ def _reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completi
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from pipelines import text_task
+    if text_task.is_text_task(cfg):  # summarization, dialogue: the data's own (human) comparisons
+        return text_task.run_pairs(cfg, out_dir)
     p, g = cfg.task.pairs, cfg.task.generation
     tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
     policy = load_policy(Path(cfg.paths.sft) / "policy", pick_device(cfg.device))

@@ -163,7 +163,11 @@ class HFClassifierReward:
 
 
 def load_reward(cfg: DictConfig) -> Reward:
-    """The r* that the reward stage prepared (its folder is paths.reward)."""
+    """The r* that the reward stage prepared (its folder is paths.reward). Prompt-response tasks: a relevance r* of
+    (prompt, answer) pairs (pipelines/relevance.py)."""
+    from pipelines import relevance, text_task
+    if text_task.is_text_task(cfg):
+        return relevance.load(cfg)
     r = cfg.task.reward
     if r.kind == "tfidf_logreg":
         return TfidfLogReg.load(Path(cfg.paths.reward))
@@ -174,6 +178,9 @@ def load_reward(cfg: DictConfig) -> Reward:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Train (embedded) or check (paper) r*, and record its held-out accuracy per corpus."""
+    from pipelines import relevance, text_task
+    if text_task.is_text_task(cfg):
+        return relevance.run(cfg, out_dir)
     r = cfg.task.reward
     train, test = load_split(cfg.paths.data, "train"), load_split(cfg.paths.data, "test")
     metrics: dict = {"kind": r.kind}

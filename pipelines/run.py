@@ -32,11 +32,17 @@ from pipelines import (best_of_n, data, distributed, dpo, evaluate, likelihood, 
 from pipelines.common import UserError  # noqa: E402
 from pipelines.models import set_attn_implementation  # noqa: E402
 from pipelines.stages import Stage, run_stage  # noqa: E402
+from pipelines.text_task import is_text_task  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
 
 OFFLINE_INPUTS = ("sft", "pairs")
+
+
+def _sft_baseline(cfg: DictConfig, out_dir: Path) -> dict:
+    """method=sft: the SFT policy itself as a baseline of the win-rate tables (nothing is trained)."""
+    return {"policy": str(Path(cfg.paths.sft) / "policy")}
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,12 @@ METHODS = {
     "ppo_gt": Method(ppo.run, ("data", "sft", "reward"), on_policy=True),
     "rloo": Method(rloo.run, ("data", "sft", "reward_model"), on_policy=True, distributed=True),
     "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True, distributed=True),
+    # The SFT policy as a baseline (prompt-response tasks; in dialogue it is the Preferred-FT reference).
+    "sft": Method(_sft_baseline, ("sft",)),
 }
 OFFLINE_KEYS = ("method", "seed")
+WINRATE_KEYS = ("judge.backend", "judge.name", "judge.model", "judge.template", "task.winrate", "task.generation",
+                "seed")
 ON_POLICY_KEYS = ("method", "seed", "task.prompt", "task.generation")
 
 
@@ -73,8 +83,13 @@ def _local_file_checksums(cfg: DictConfig) -> dict:
     """Local data files enter the data stage's hash by content, so an edited file is never silently reused."""
     import hashlib
 
-    files = cfg.task.data.local_files if cfg.task.data.source == "local" else None
-    files = [files] if isinstance(files, str) else list(files or [])
+    d = cfg.task.data
+    files: list = []
+    if d.source == "local":
+        # sentiment: task.data.local_files; prompt-response tasks: one entry (a path or a list) per role
+        entries = [d.local_files] if "local_files" in d else list((d.get("local") or {}).values())
+        for entry in entries:
+            files += [entry] if isinstance(entry, str) else list(entry or [])
     return {str(f): hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else "missing"
             for f in files}
 
@@ -94,23 +109,32 @@ STAGES = {s.name: s for s in [
           fingerprint=_local_file_checksums),
     Stage("tokenizer", tokenizer.run, ("model.pretrained", "model.tokenizer"), ("data",),
           lambda c: Path(c.paths.tokenizer)),
-    Stage("sft", sft.run, ("model",), ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
+    # Prompt-response tasks: which examples fit and where answers are cut, and the loss mask, shape the SFT data too.
+    Stage("sft", sft.run, lambda c: ("model",) + (("task.sft", "task.prompt", "task.generation.max_new_tokens")
+                                                  if is_text_task(c) else ()),
+          ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
     Stage("reward", reward.run, ("task.reward",), ("data",), lambda c: Path(c.paths.reward)),
     Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation"),
           ("data", "sft", "reward"), lambda c: Path(c.paths.sft) / "eval"),
-    Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation"), ("data", "sft", "reward"),
-          lambda c: Path(c.paths.pairs)),
+    # Prompt-response tasks take their pairs from the data: no r*.
+    Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation"),
+          lambda c: ("data", "sft") if is_text_task(c) else ("data", "sft", "reward"), lambda c: Path(c.paths.pairs)),
     Stage("reward_model", reward_model.run, ("reward_model",), ("sft", "pairs"),
           lambda c: Path(c.paths.reward_model), distributed=True),
-    Stage("train", _train, lambda c: ON_POLICY_KEYS if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
+    # Best-of-N of a prompt-response task samples at each win-rate temperature, for the win-rate prompts.
+    Stage("train", _train, lambda c: (ON_POLICY_KEYS + (("task.winrate",) if is_text_task(c) and c.method.name == "bon"
+                                                        else ())) if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
           lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method),
           distributed=lambda c: METHODS[c.method.name].distributed),
     Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
     # Keyed by the judge's identity (not its concurrency or retry settings), so a rerun with other limits resumes.
-    Stage("winrate", winrate.run, ("judge.backend", "judge.name", "judge.model", "judge.template", "task.winrate",
-                                   "task.generation", "seed"),
-          ("evaluate", "evaluate_sft"), lambda c: Path(c.paths.method) / "winrate" / c.judge.name),
+    # Prompt-response tasks judge against the data's answers (no evaluation stage); their prompt cap picks the prompts.
+    Stage("winrate", winrate.run,
+          lambda c: WINRATE_KEYS + (("task.prompt",) if is_text_task(c) else ()),
+          lambda c: (("train", "data") + (("reward",) if c.judge.backend == "oracle" else ())) if is_text_task(c)
+          else ("evaluate", "evaluate_sft"),
+          lambda c: Path(c.paths.method) / "winrate" / c.judge.name),
 ]}
 
 

@@ -1,5 +1,8 @@
-"""SFT stage: the reference policy pi_ref. TRL's SFTTrainer on the train documents (joined with EOS, cut into
-blocks), from scratch (embedded) or from a pretrained model (paper: gpt2-large, one epoch on IMDb train).
+"""SFT stage: the reference policy pi_ref. TRL's SFTTrainer, from scratch (embedded) or from a pretrained model
+(paper: gpt2-large one epoch on IMDb train; GPT-J on the TL;DR SFT data; Pythia-2.8B on HH's chosen answers, the
+paper's Preferred-FT reference). Sentiment trains on the documents joined with EOS and cut into blocks; the
+prompt-response tasks on (prompt, completion + EOS) examples, the loss on the completion only unless
+task.sft.completion_only_loss is off (pipelines/text_task.py).
 Reads data/, tokenizer/. Writes policy/ (safetensors + tokenizer), metrics.jsonl, held-out perplexity."""
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pipelines.common import UserError, trainer_precision
 from pipelines.data import load_split
 from pipelines.distributed import is_main, save_trained
 from pipelines.models import build_policy, context_length, load_tokenizer
+from pipelines.text_task import is_text_task, sft_examples
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 
 log = logging.getLogger(__name__)
@@ -42,17 +46,30 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # process, which made from-scratch SFT differ from run to run.
     set_seed(cfg.shared_seed)
     model = build_policy(cfg.model, tokenizer)
-    if s.block_size > context_length(model):
-        raise UserError(f"model.sft.block_size={s.block_size} exceeds the model's context {context_length(model)}")
-    train = token_blocks([d["text"] for d in load_split(cfg.paths.data, "train")], tokenizer, s.block_size)
-    test = token_blocks([d["text"] for d in load_split(cfg.paths.data, "test")], tokenizer, s.block_size)
-    log.info("sft: %d train blocks, %d test blocks of %d tokens, %.2fM parameters", len(train), len(test),
-             s.block_size, sum(p.numel() for p in model.parameters()) / 1e6)
+    if is_text_task(cfg):
+        (train, too_long), (test, _) = (sft_examples(cfg, tokenizer, split) for split in ("train", "test"))
+        longest = max(len(x["input_ids"]) for x in train + test)
+        if longest > context_length(model):
+            raise UserError(f"sft: an example of {longest} tokens exceeds the model's context "
+                            f"{context_length(model)}; lower task.prompt.max_tokens or max_new_tokens")
+        train, test = Dataset.from_list(train), Dataset.from_list(test)
+        extra = {"n_prompt_too_long": too_long, "train_examples": len(train)}
+        max_length = None
+    else:
+        if s.block_size > context_length(model):
+            raise UserError(f"model.sft.block_size={s.block_size} exceeds the model's context "
+                            f"{context_length(model)}")
+        train = token_blocks([d["text"] for d in load_split(cfg.paths.data, "train")], tokenizer, s.block_size)
+        test = token_blocks([d["text"] for d in load_split(cfg.paths.data, "test")], tokenizer, s.block_size)
+        extra = {"train_blocks": len(train)}
+        max_length = s.block_size
+    log.info("sft: %d train / %d test examples, %.2fM parameters", len(train), len(test),
+             sum(p.numel() for p in model.parameters()) / 1e6)
     args = SFTConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=s.epochs, learning_rate=s.learning_rate,
         per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
         warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type=s.lr_scheduler,
-        max_length=s.block_size, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
+        max_length=max_length, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
         # TRL defaults both on; neither is wanted on CPU or for small models.
         **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"sft-{cfg.model.name}"), seed=cfg.shared_seed,
@@ -71,5 +88,5 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     finish_wandb()
     return {"train_loss": round(result.training_loss, 4), "eval_loss": round(eval_loss, 4),
             "eval_perplexity": round(math.exp(eval_loss), 3), "steps": result.global_step,
-            "n_params": sum(p.numel() for p in trainer.model.parameters()), "train_blocks": len(train),
+            "n_params": sum(p.numel() for p in trainer.model.parameters()), **extra,
             "torch_threads": torch.get_num_threads(), "world_size": trainer.args.world_size}

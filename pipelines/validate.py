@@ -12,6 +12,11 @@ REWARDS = ("tfidf_logreg", "hf_classifier")
 WANDB_MODES = ("offline", "online", "disabled")
 # Methods trained on the preference pairs with a Trainer schedule (pipelines/dpo.py, pipelines/likelihood.py)
 OFFLINE = ("dpo", "ipo", "cdpo", "preferred_ft", "unlikelihood")
+FORMATS = ("prefix", "prompt_response")
+TEXT_TASKS = ("summarization", "dialogue")
+# Stages and methods that read the ground-truth reward r* (sentiment only)
+SENTIMENT_STAGES = ("evaluate_sft", "evaluate")
+GT_METHODS = ("ppo_gt", "rloo_gt")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -22,11 +27,18 @@ def validate(cfg: DictConfig) -> None:
             problems.append(message)
 
     t = cfg.task
+    fmt = t.get("format", "prefix")
+    need(fmt in FORMATS, f"task.format must be one of {FORMATS}, got '{fmt}'")
+    text = fmt == "prompt_response"
     need(t.data.source in SOURCES, f"task.data.source must be one of {SOURCES}, got '{t.data.source}'")
-    need(0 < t.data.test_fraction < 1, f"task.data.test_fraction must be in (0, 1), got {t.data.test_fraction}")
-    need(t.data.max_docs is None or t.data.max_docs > 0, f"task.data.max_docs must be > 0, got {t.data.max_docs}")
-    need(1 <= t.prompt.min_tokens <= t.prompt.max_tokens,
-         f"task.prompt needs 1 <= min_tokens <= max_tokens, got {t.prompt.min_tokens}..{t.prompt.max_tokens}")
+    if "test_fraction" in t.data:
+        need(0 < t.data.test_fraction < 1, f"task.data.test_fraction must be in (0, 1), got {t.data.test_fraction}")
+    if text:
+        _text_task(cfg, need)
+    else:
+        need(t.data.max_docs is None or t.data.max_docs > 0, f"task.data.max_docs must be > 0, got {t.data.max_docs}")
+        need(1 <= t.prompt.min_tokens <= t.prompt.max_tokens,
+             f"task.prompt needs 1 <= min_tokens <= max_tokens, got {t.prompt.min_tokens}..{t.prompt.max_tokens}")
     need(t.generation.max_new_tokens >= 1, f"task.generation.max_new_tokens must be >= 1, got "
                                            f"{t.generation.max_new_tokens}")
     need(t.generation.temperature > 0, f"task.generation.temperature must be > 0, got {t.generation.temperature}")
@@ -37,6 +49,56 @@ def validate(cfg: DictConfig) -> None:
          f"model.precision must be {' or '.join(PRECISIONS)}, got '{cfg.model.precision}'")
     need(0 < cfg.get("vllm_gpu_memory_utilization", 0.3) < 1,
          f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.get('vllm_gpu_memory_utilization')}")
+    if not text:
+        _sentiment_task(cfg, need)
+    if not cfg.model.pretrained:
+        a = cfg.model.arch
+        need(a is not None, "model.arch is required when model.pretrained is null")
+        if a is not None:
+            need(t.prompt.max_tokens + t.generation.max_new_tokens <= a.n_positions,
+                 f"prompt ({t.prompt.max_tokens}) + completion ({t.generation.max_new_tokens}) tokens exceed the "
+                 f"model context model.arch.n_positions={a.n_positions}")
+            need(a.n_embd % a.n_head == 0, f"model.arch.n_embd ({a.n_embd}) must be divisible by n_head ({a.n_head})")
+        need(cfg.model.tokenizer.vocab_size and cfg.model.tokenizer.vocab_size >= 260,
+             "model.tokenizer.vocab_size must be >= 260 (256 bytes + special tokens)")
+    _method(cfg, need)
+    need(cfg.wandb.mode in WANDB_MODES, f"wandb.mode must be one of {WANDB_MODES}, got '{cfg.wandb.mode}'")
+    need(bool(cfg.preset), "preset must be a non-empty name")
+    if problems:
+        raise UserError("bad config (nothing was run):\n  " + "\n  ".join(problems))
+
+
+def _text_task(cfg: DictConfig, need) -> None:
+    """Prompt-response tasks (summarization, dialogue): no r*, prompts and pairs from the data."""
+    t = cfg.task
+    need(t.name in TEXT_TASKS, f"task.format=prompt_response is implemented for {TEXT_TASKS}, not '{t.name}'")
+    need(t.prompt.max_tokens >= 1, f"task.prompt.max_tokens must be >= 1, got {t.prompt.max_tokens}")
+    for key in ("max_sft", "max_pairs", "max_test"):
+        value = t.data.get(key)
+        need(value is None or value >= 1, f"task.data.{key} must be >= 1 or null, got {value}")
+    need(t.pairs.n_pairs is None or t.pairs.n_pairs >= 1, f"task.pairs.n_pairs must be >= 1 or null, got "
+                                                          f"{t.pairs.n_pairs}")
+    need(t.pairs.chunk_size >= 1, f"task.pairs.chunk_size must be >= 1, got {t.pairs.chunk_size}")
+    w = t.winrate
+    need(w.n_prompts >= 1, f"task.winrate.n_prompts must be >= 1, got {w.n_prompts}")
+    need(w.get("ood_n_prompts", 0) >= 0, f"task.winrate.ood_n_prompts must be >= 0, got {w.get('ood_n_prompts')}")
+    need(len(w.temperatures) > 0 and all(0 <= x <= 2 for x in w.temperatures),
+         f"task.winrate.temperatures must be in [0, 2] (0 = greedy), got {list(w.temperatures)}")
+    stages = [s for s in cfg.pipeline if s in SENTIMENT_STAGES]
+    need(not stages, f"pipeline: stage(s) {stages} make the sentiment task's reward-vs-KL frontier; task "
+                     f"'{t.name}' is compared by win rate (pipeline=[data,tokenizer,sft,reward,pairs,train,winrate])")
+    need(cfg.method.name not in GT_METHODS, f"method '{cfg.method.name}' optimises the ground-truth reward r*, "
+                                            f"which the paper's '{t.name}' task does not have; use its learned-reward "
+                                            "version")
+    from pipelines.relevance import KINDS
+    need(t.reward.kind in KINDS, f"task.reward.kind must be one of {KINDS} for task '{t.name}', got "
+                                 f"'{t.reward.kind}'")
+
+
+def _sentiment_task(cfg: DictConfig, need) -> None:
+    t = cfg.task
+    need(cfg.method.name != "sft", "method=sft is a win-rate baseline of the prompt-response tasks; in sentiment "
+                                   "the SFT policy is the frontier's anchor and every method's win-rate reference")
     need(t.reward.kind in REWARDS, f"task.reward.kind must be one of {REWARDS}, got '{t.reward.kind}'")
     need(t.pairs.n_prompts >= 1, f"task.pairs.n_prompts must be >= 1, got {t.pairs.n_prompts}")
     need(t.pairs.samples_per_prompt >= 2,
@@ -52,16 +114,9 @@ def validate(cfg: DictConfig) -> None:
                                                    f"samples; got {w.n_prompts}")
         need(len(w.temperatures) > 0 and all(0 <= x <= 2 for x in w.temperatures),
              f"task.winrate.temperatures must be in [0, 2] (0 = greedy), got {list(w.temperatures)}")
-    if not cfg.model.pretrained:
-        a = cfg.model.arch
-        need(a is not None, "model.arch is required when model.pretrained is null")
-        if a is not None:
-            need(t.prompt.max_tokens + t.generation.max_new_tokens <= a.n_positions,
-                 f"prompt ({t.prompt.max_tokens}) + completion ({t.generation.max_new_tokens}) tokens exceed the "
-                 f"model context model.arch.n_positions={a.n_positions}")
-            need(a.n_embd % a.n_head == 0, f"model.arch.n_embd ({a.n_embd}) must be divisible by n_head ({a.n_head})")
-        need(cfg.model.tokenizer.vocab_size and cfg.model.tokenizer.vocab_size >= 260,
-             "model.tokenizer.vocab_size must be >= 260 (256 bytes + special tokens)")
+
+
+def _method(cfg: DictConfig, need) -> None:
     s = cfg.model.sft
     need(s.epochs > 0 and s.learning_rate > 0 and s.batch_size >= 1 and s.block_size >= 2,
          "model.sft needs epochs > 0, learning_rate > 0, batch_size >= 1, block_size >= 2")
@@ -118,7 +173,3 @@ def validate(cfg: DictConfig) -> None:
         need(m.eval_every >= 1 and m.save_steps >= 1, "method.eval_every and method.save_steps must be >= 1")
         need(not m.normalize_scores or m.score_norm_samples >= 2,
              "method.score_norm_samples must be >= 2 when normalize_scores is on")
-    need(cfg.wandb.mode in WANDB_MODES, f"wandb.mode must be one of {WANDB_MODES}, got '{cfg.wandb.mode}'")
-    need(bool(cfg.preset), "preset must be a non-empty name")
-    if problems:
-        raise UserError("bad config (nothing was run):\n  " + "\n  ".join(problems))

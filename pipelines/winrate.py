@@ -6,7 +6,12 @@ whether it beats the reference completion of the same prefix (sentiment: the SFT
 evaluation stage). The order shown to the judge is randomised per comparison (seeded) and stored. Judgments go
 through the on-disk judge cache shared by the whole preset, so nothing is asked twice.
 Writes winrate/<judge>/winrates.json (per temperature: win rate, s.e., n, n_invalid) and judgments.jsonl.
-Best-of-N has no policy to sample at other temperatures; its stage reads its temperature-1 selections instead."""
+Best-of-N has no policy to sample at other temperatures; its stage reads its temperature-1 selections instead.
+
+Prompt-response tasks (summarization, dialogue): the reference is the data's own answer to each held-out prompt
+(the reference summary, the chosen response); Best-of-N is judged at every temperature it sampled at; with
+task.winrate.ood_n_prompts > 0 and an out-of-distribution split (CNN/DailyMail), each policy is also judged there at
+temperature 0 (rows with split "ood", the paper's out-of-distribution table)."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines import best_of_n
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
 from pipelines.evaluate import FRONTIER_PARAM, test_prompts
 from pipelines.judge import (Comparison, JudgeStopped, build_judge, load_template, run_judgments, run_options,
@@ -21,6 +27,7 @@ from pipelines.judge import (Comparison, JudgeStopped, build_judge, load_templat
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.reward import load_reward
 from pipelines.sampling import sample_completions
+from pipelines.text_task import eval_rows, is_text_task, judge_prompt
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,18 @@ def _policy_completions(cfg: DictConfig, policy, tokenizer, prompt_ids: list[lis
     return [t[len(p):] if t.startswith(p) else tokenizer.decode(c) for p, t, c in zip(prompts, texts, completions)]
 
 
+def _text_references(cfg: DictConfig, tokenizer, n: int, split: str) -> tuple[list[list[int]], list[dict]]:
+    """Prompt-response tasks: the first n held-out prompts that fit and the data's reference answers."""
+    rows = eval_rows(cfg, tokenizer, n, split)
+    return [r["prompt_ids"] for r in rows], [{"prompt": judge_prompt(r["prompt"]), "completion": r["reference"]}
+                                             for r in rows]
+
+
+def policy_dir(cfg: DictConfig) -> Path:
+    """The policy a run is judged by: its final one, or the SFT policy itself (method sft, a baseline)."""
+    return Path(cfg.paths.sft if cfg.method.name == "sft" else cfg.paths.method) / "policy"
+
+
 def _best_of_n_completions(cfg: DictConfig, n_prompts: int) -> list[str]:
     """Best-of-N's selections at the largest N (temperature 1 only: it has no policy of its own)."""
     n = max(cfg.method.n_grid)
@@ -62,31 +81,47 @@ def _best_of_n_completions(cfg: DictConfig, n_prompts: int) -> list[str]:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     w = cfg.task.winrate
-    prompt_ids, refs = references(cfg, w.n_prompts)
+    text = is_text_task(cfg)
+    if text:
+        sft_tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
+        prompt_ids, refs = _text_references(cfg, sft_tokenizer, w.n_prompts, "test")
+    else:
+        prompt_ids, refs = references(cfg, w.n_prompts)
     judge = build_judge(cfg.judge, reward=load_reward(cfg) if cfg.judge.backend == "oracle" else None)
     template = load_template(w.template if cfg.judge.get("template") is None else cfg.judge.template)
     is_bon = cfg.method.name == "bon"
-    temperatures = [1.0] if is_bon else list(w.temperatures)
+    temperatures = [1.0] if is_bon and not text else list(w.temperatures)
     param_key = FRONTIER_PARAM.get(cfg.method.name)
     meta = {"method": cfg.method.name, "tag": cfg.method.tag, "seed": cfg.seed, "judge": cfg.judge.name,
             "param": max(cfg.method.n_grid) if is_bon else
             (OmegaConf.select(cfg.method, param_key) if param_key else None)}
-    if not is_bon:
-        policy_dir = Path(cfg.paths.method) / "policy"
-        tokenizer, policy = load_tokenizer(policy_dir), load_policy(policy_dir, pick_device(cfg.device))
+    # Best-of-N samples from the SFT policy; at T = 0 (prompt-response tasks) every one of its N samples is the
+    # greedy one, so it is judged by that.
+    sampler = Path(cfg.paths.sft) / "policy" if is_bon else policy_dir(cfg)
+    if not is_bon or (text and 0 in temperatures):
+        tokenizer, policy = load_tokenizer(sampler), load_policy(sampler, pick_device(cfg.device))
     results, all_rows = [], []
     # judge_dry_run=true: sample, count the judge calls not yet cached and their estimated cost, judge nothing.
     dry_run, needed, cost = bool(cfg.get("judge_dry_run", False)), 0, 0.0
-    for temperature in temperatures:
-        if is_bon:
+    jobs = [("test", t, prompt_ids, refs) for t in temperatures]
+    if text and w.get("ood_n_prompts", 0) and not is_bon and (Path(cfg.paths.data) / "ood.jsonl").exists():
+        ood_ids, ood_refs = _text_references(cfg, sft_tokenizer, w.ood_n_prompts, "ood")
+        jobs.append(("ood", 0.0, ood_ids, ood_refs))
+    for split, temperature, ids, split_refs in jobs:
+        if is_bon and not text:
             candidates = _best_of_n_completions(cfg, w.n_prompts)
+        elif is_bon and temperature > 0:
+            n = max(cfg.method.n_grid)
+            candidates = [sft_tokenizer.decode(c, skip_special_tokens=True)
+                          for c in best_of_n.selections(cfg, temperature, n)[:len(ids)]]
         else:
-            candidates = _policy_completions(cfg, policy, tokenizer, prompt_ids, temperature)
-        comparisons = [Comparison(id=f"{cfg.method.tag}/seed{cfg.seed}/T{temperature}/{i}", prompt=r["prompt"],
-                                  candidate=c, reference=r["completion"])
-                       for i, (r, c) in enumerate(zip(refs, candidates))]
+            candidates = _policy_completions(cfg, policy, tokenizer, ids, temperature)
+        tmpl = load_template(w.ood_template) if split == "ood" else template
+        prefix = f"{cfg.method.tag}/seed{cfg.seed}/T{temperature}" + ("/ood" if split == "ood" else "")
+        comparisons = [Comparison(id=f"{prefix}/{i}", prompt=r["prompt"], candidate=c, reference=r["completion"])
+                       for i, (r, c) in enumerate(zip(split_refs, candidates))]
         try:
-            report = run_judgments(judge, template, comparisons, cache_dir=Path(cfg.paths.judge_cache),
+            report = run_judgments(judge, tmpl, comparisons, cache_dir=Path(cfg.paths.judge_cache),
                                    seed=cfg.seed, both_orders=w.both_orders, progress=False, dry_run=dry_run,
                                    **run_options(cfg.judge))
         except JudgeStopped as err:  # the endpoint keeps failing: stop cleanly, answers so far are cached
@@ -96,14 +131,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             cost += report.estimated_cost
             continue
         rate, se, n_valid, n_invalid = win_rate(report.primary)
-        row = {**meta, "temperature": temperature, "win_rate": rate, "win_rate_se": se, "n": n_valid,
+        row = {**meta, "split": split, "temperature": temperature, "win_rate": rate, "win_rate_se": se, "n": n_valid,
                "n_invalid": n_invalid, "calls": report.n_calls, "cached": report.n_cached,
                "cost_usd": report.estimated_cost, "agreement": report.agreement_rate,
                "position_bias": report.position_bias}
         results.append(row)
-        all_rows += [{**j.to_dict(), "temperature": temperature} for j in report.judgments]
-        log.info("win rate %s T=%.2f vs %s (%s): %.3f +- %.3f (n %d, invalid %d)", cfg.method.tag, temperature,
-                 w.reference, cfg.judge.name, rate, se, n_valid, n_invalid)
+        all_rows += [{**j.to_dict(), "split": split, "temperature": temperature} for j in report.judgments]
+        # The texts behind the judgments (summary.md shows a few).
+        write_jsonl(out_dir / f"samples_{split}_T{temperature:g}.jsonl",
+                    [{"id": c.id, "prompt": c.prompt, "reference": c.reference, "candidate": c.candidate}
+                     for c in comparisons])
+        log.info("win rate %s %s T=%.2f vs %s (%s): %.3f +- %.3f (n %d, invalid %d)", cfg.method.tag, split,
+                 temperature, w.reference, cfg.judge.name, rate, se, n_valid, n_invalid)
     if dry_run:
         raise UserError(f"judge dry run for {cfg.method.tag} seed {cfg.seed}: {needed} call(s) to {cfg.judge.name} "
                         f"({cfg.judge.model}) needed over {len(temperatures)} temperature(s), estimated cost "

@@ -315,7 +315,9 @@ class OracleJudge:
 
     def complete(self, request: JudgeRequest) -> Answer:
         texts = [request.first, request.second]
-        if self.with_prompt:
+        if getattr(self.reward, "pairwise", False):  # a relevance r* reads (prompt, answer) pairs
+            texts = [(request.prompt, t) for t in texts]
+        elif self.with_prompt:
             texts = [request.prompt + t for t in texts]
         with self._lock:
             score_a, score_b = (float(s) for s in self.reward(texts))

@@ -68,7 +68,8 @@ def test_verdict_line_round_trips_and_refuses_other_letters():
 
 # --------------------------------------------------------------------------------------------------- templates
 def test_builtin_templates_ask_for_the_verdict_format():
-    assert builtin_templates() == ["dialogue", "sentiment", "summarization_c", "summarization_s"]
+    assert builtin_templates() == ["dialogue", "package_synopsis", "sentiment", "summarization_c",
+                                   "summarization_news", "summarization_s"]
     for name in builtin_templates():
         text = load_template(name)
         assert "Preferred: <the letter A or the letter B" in text and "Comparison:" in text
