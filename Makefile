@@ -31,6 +31,12 @@ TEXT_SHARED_PIPELINE := [data,tokenizer,sft,reward,pairs]
 SUMMARIZATION_METHODS ?= ppo bon dpo preferred_ft sft
 # Dialogue: the SFT stage is Preferred-FT on the chosen answers (the paper's reference), so no second Preferred-FT.
 DIALOGUE_METHODS ?= ppo bon dpo sft
+# Paper scale: no reward stage (an LLM judges); the base model prompted zero-shot (TL;DR) / 2-shot (HH). PPO is left
+# out: our single-process PPO needs ~40 GB per billion policy parameters (conf/method_preset/summarization_paper/
+# ppo.yaml), 240 GB at GPT-J 6B; add it with a model that fits: SUMMARIZATION_PAPER_METHODS="... ppo".
+PAPER_TEXT_SHARED_PIPELINE := [data,tokenizer,sft,pairs]
+SUMMARIZATION_PAPER_METHODS ?= bon dpo preferred_ft sft base
+DIALOGUE_PAPER_METHODS ?= bon dpo sft base
 # Methods that read the learned reward model r_phi (PPO, RLOO, Best-of-N): their job trains it first when it is not
 # there yet (a file lock keeps it to one training; later readers find it done), so r_phi runs as part of a parallel
 # job beside the methods that do not need it. (A make prerequisite would not do: make's job server would start the
@@ -44,7 +50,7 @@ RUN = $(if $(ACCELERATE),$(VENV)/bin/accelerate launch --config_file conf/accele
 LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
 
 .PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper reproduce-summarization \
-	reproduce-dialogue sweep analyze-sentiment test test-all bench bench-e2e clean-runs
+	reproduce-dialogue reproduce-summarization-paper reproduce-dialogue-paper sweep analyze-sentiment test test-all bench bench-e2e clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -78,6 +84,16 @@ reproduce-dialogue: $(VENV)/.installed ## offline smoke run of the HH pipeline (
 	@$(MAKE) --no-print-directory sweep EXPERIMENT=dialogue_embedded SHARED='$(TEXT_SHARED_PIPELINE)' \
 	  METHODS="$(DIALOGUE_METHODS)"
 	$(PY) -m analysis.winrate --task dialogue --preset embedded --command "make reproduce-dialogue SEEDS=\"$(SEEDS)\""
+
+reproduce-summarization-paper: $(VENV)/.installed ## paper scale TL;DR, Fig. 2 + CNN/DM (GPT-J 6B; GPUs, the Hub, a judge endpoint)
+	@$(MAKE) --no-print-directory sweep EXPERIMENT=summarization_paper SHARED='$(PAPER_TEXT_SHARED_PIPELINE)' \
+	  METHODS="$(SUMMARIZATION_PAPER_METHODS)" JOBS=$(PAPER_JOBS)
+	$(PY) -m analysis.winrate --task summarization --preset paper --command "make reproduce-summarization-paper"
+
+reproduce-dialogue-paper: $(VENV)/.installed ## paper scale HH single-turn, Fig. 3 (Pythia-2.8B; GPUs, the Hub, a judge endpoint)
+	@$(MAKE) --no-print-directory sweep EXPERIMENT=dialogue_paper SHARED='$(PAPER_TEXT_SHARED_PIPELINE)' \
+	  METHODS="$(DIALOGUE_PAPER_METHODS)" JOBS=$(PAPER_JOBS)
+	$(PY) -m analysis.winrate --task dialogue --preset paper --command "make reproduce-dialogue-paper"
 
 # The shared stages once (all cores), then one multirun per method, JOBS at a time, then the time it all took.
 # SHARED: the shared stages of the experiment's task.

@@ -34,6 +34,8 @@ def load_winrates(run_root: Path) -> pd.DataFrame:
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (judge, split, method, param, temperature): seeds, mean win rate, 95 % half-width across seeds
     (one seed: 1.96 x its binomial s.e.), total invalid answers."""
+    if "split" not in df:  # a table from before the out-of-distribution split: all test prompts
+        df = df.assign(split="test")
     out = []
     for (judge, split, method, param, temp), g in df.groupby(["judge", "split", "method", "param", "temperature"],
                                                              dropna=False):

@@ -45,6 +45,11 @@ def _sft_baseline(cfg: DictConfig, out_dir: Path) -> dict:
     return {"policy": str(Path(cfg.paths.sft) / "policy")}
 
 
+def _base_baseline(cfg: DictConfig, out_dir: Path) -> dict:
+    """method=base: the pretrained model as is, prompted with method.shots examples (nothing is trained)."""
+    return {"policy": str(cfg.model.pretrained), "shots": int(cfg.method.shots)}
+
+
 @dataclass(frozen=True)
 class Method:
     """How a method trains: its trainer, the upstream stages it reads besides its config, whether it samples
@@ -72,6 +77,8 @@ METHODS = {
     "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True, distributed=True),
     # The SFT policy as a baseline (prompt-response tasks; in dialogue it is the Preferred-FT reference).
     "sft": Method(_sft_baseline, ("sft",)),
+    # The pretrained base model, zero- or few-shot prompted (prompt-response tasks with model.pretrained).
+    "base": Method(_base_baseline, ("data", "tokenizer")),
 }
 OFFLINE_KEYS = ("method", "seed")
 WINRATE_KEYS = ("judge.backend", "judge.name", "judge.model", "judge.template", "task.winrate", "task.generation",

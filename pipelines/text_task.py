@@ -172,16 +172,19 @@ def sft_examples(cfg: DictConfig, tokenizer, split: str) -> tuple[list[dict], in
 
 
 def _fitting(cfg: DictConfig, tokenizer, rows: list[dict], n: int | None, what: str) -> list[dict]:
+    # News articles are longer than posts: the out-of-distribution split may have a cap of its own.
+    key = "ood_max_tokens" if what == "ood" and cfg.task.prompt.get("ood_max_tokens") else "max_tokens"
+    cap = cfg.task.prompt[key]
     out = []
     for r in rows:
         ids = encode_prompt(tokenizer, r["prompt"])
-        if len(ids) <= cfg.task.prompt.max_tokens:
+        if len(ids) <= cap:
             out.append({**r, "prompt_ids": ids})
             if n and len(out) == n:
                 return out
     if n and len(out) < n:
-        raise UserError(f"asked for {n} {what} prompts but only {len(out)} have <= task.prompt.max_tokens="
-                        f"{cfg.task.prompt.max_tokens} tokens; lower the count or raise the cap")
+        raise UserError(f"asked for {n} {what} prompts but only {len(out)} have <= task.prompt.{key}={cap} tokens; "
+                        "lower the count or raise the cap")
     return out
 
 
@@ -197,6 +200,26 @@ def eval_rows(cfg: DictConfig, tokenizer, n: int, split: str = "test") -> list[d
     if not path.exists():
         raise UserError(f"{path} does not exist (the task's data has no {split} split)")
     return _fitting(cfg, tokenizer, read_jsonl(path), n, split)
+
+
+def few_shot_prefix(cfg: DictConfig, tokenizer, shots: int) -> list[int]:
+    """Token ids of `shots` worked examples (prompt + answer of the first SFT rows that fit, each ending with a blank
+    line), written before a base model's prompt. They must leave room for the prompt and the answer."""
+    rows = read_jsonl(Path(cfg.paths.data) / "train.jsonl")
+    budget = cfg.task.prompt.max_tokens
+    out: list[int] = []
+    used = 0
+    for r in rows:
+        # HH prompts start with their own blank line ("\n\nHuman:"); a TL;DR post needs one after the example.
+        gap = "" if r["prompt"].startswith("\n") else "\n\n"
+        ids = encode_prompt(tokenizer, r["prompt"] + r["completion"] + gap)
+        if len(ids) <= budget // (shots + 1):
+            out += ids
+            used += 1
+            if used == shots:
+                return out
+    raise UserError(f"method.shots={shots}: found only {used} SFT examples short enough "
+                    f"(<= task.prompt.max_tokens / (shots + 1) = {budget // (shots + 1)} tokens each)")
 
 
 # --------------------------------------------------------------------------------------------------- pairs stage

@@ -55,8 +55,9 @@ def validate(cfg: DictConfig) -> None:
         a = cfg.model.arch
         need(a is not None, "model.arch is required when model.pretrained is null")
         if a is not None:
-            need(t.prompt.max_tokens + t.generation.max_new_tokens <= a.n_positions,
-                 f"prompt ({t.prompt.max_tokens}) + completion ({t.generation.max_new_tokens}) tokens exceed the "
+            longest = max(t.prompt.max_tokens, t.prompt.get("ood_max_tokens") or 0)
+            need(longest + t.generation.max_new_tokens <= a.n_positions,
+                 f"prompt ({longest}) + completion ({t.generation.max_new_tokens}) tokens exceed the "
                  f"model context model.arch.n_positions={a.n_positions}")
             need(a.n_embd % a.n_head == 0, f"model.arch.n_embd ({a.n_embd}) must be divisible by n_head ({a.n_head})")
         need(cfg.model.tokenizer.vocab_size and cfg.model.tokenizer.vocab_size >= 260,
@@ -87,6 +88,11 @@ def _text_task(cfg: DictConfig, need) -> None:
     stages = [s for s in cfg.pipeline if s in SENTIMENT_STAGES]
     need(not stages, f"pipeline: stage(s) {stages} make the sentiment task's reward-vs-KL frontier; task "
                      f"'{t.name}' is compared by win rate (pipeline=[data,tokenizer,sft,reward,pairs,train,winrate])")
+    need(cfg.method.name != "base" or bool(cfg.model.pretrained),
+         "method=base prompts the pretrained base model (paper: zero-shot GPT-J, 2-shot Pythia-2.8B); this preset "
+         "trains its model from scratch (model.pretrained is null), so it has none")
+    need(cfg.method.name != "base" or cfg.method.shots >= 0, f"method.shots must be >= 0, got "
+                                                             f"{cfg.method.get('shots')}")
     need(cfg.method.name not in GT_METHODS, f"method '{cfg.method.name}' optimises the ground-truth reward r*, "
                                             f"which the paper's '{t.name}' task does not have; use its learned-reward "
                                             "version")
@@ -97,8 +103,9 @@ def _text_task(cfg: DictConfig, need) -> None:
 
 def _sentiment_task(cfg: DictConfig, need) -> None:
     t = cfg.task
-    need(cfg.method.name != "sft", "method=sft is a win-rate baseline of the prompt-response tasks; in sentiment "
-                                   "the SFT policy is the frontier's anchor and every method's win-rate reference")
+    need(cfg.method.name not in ("sft", "base"), f"method={cfg.method.name} is a win-rate baseline of the "
+                                                 "prompt-response tasks; in sentiment the SFT policy is the frontier's "
+                                                 "anchor and every method's win-rate reference")
     need(t.reward.kind in REWARDS, f"task.reward.kind must be one of {REWARDS}, got '{t.reward.kind}'")
     need(t.pairs.n_prompts >= 1, f"task.pairs.n_prompts must be >= 1, got {t.pairs.n_prompts}")
     need(t.pairs.samples_per_prompt >= 2,

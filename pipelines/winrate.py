@@ -27,7 +27,7 @@ from pipelines.judge import (Comparison, JudgeStopped, build_judge, load_templat
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.reward import load_reward
 from pipelines.sampling import sample_completions
-from pipelines.text_task import eval_rows, is_text_task, judge_prompt
+from pipelines.text_task import eval_rows, few_shot_prefix, is_text_task, judge_prompt
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,11 @@ def _text_references(cfg: DictConfig, tokenizer, n: int, split: str) -> tuple[li
                                              for r in rows]
 
 
-def policy_dir(cfg: DictConfig) -> Path:
-    """The policy a run is judged by: its final one, or the SFT policy itself (method sft, a baseline)."""
+def policy_dir(cfg: DictConfig) -> Path | str:
+    """The policy a run is judged by: its final one, the SFT policy itself (method sft), or the pretrained base
+    model (method base: a Hub id or a folder)."""
+    if cfg.method.name == "base":
+        return str(cfg.model.pretrained)
     return Path(cfg.paths.sft if cfg.method.name == "sft" else cfg.paths.method) / "policy"
 
 
@@ -107,6 +110,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if text and w.get("ood_n_prompts", 0) and not is_bon and (Path(cfg.paths.data) / "ood.jsonl").exists():
         ood_ids, ood_refs = _text_references(cfg, sft_tokenizer, w.ood_n_prompts, "ood")
         jobs.append(("ood", 0.0, ood_ids, ood_refs))
+    if cfg.method.name == "base" and cfg.method.shots:  # k-shot: the same examples before every prompt
+        shots = few_shot_prefix(cfg, tokenizer, int(cfg.method.shots))
+        jobs = [(s, t, [shots + p for p in ids], r) for s, t, ids, r in jobs]
     for split, temperature, ids, split_refs in jobs:
         if is_bon and not text:
             candidates = _best_of_n_completions(cfg, w.n_prompts)

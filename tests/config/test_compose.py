@@ -18,7 +18,7 @@ def group(name: str) -> list[str]:
 
 # Methods that need r* (sentiment's ground-truth reward) or only make sense where it exists, and the baseline that
 # only the prompt-response tasks judge.
-SENTIMENT_ONLY, PROMPT_RESPONSE_ONLY = {"ppo_gt", "rloo_gt"}, {"sft"}
+SENTIMENT_ONLY, PROMPT_RESPONSE_ONLY = {"ppo_gt", "rloo_gt"}, {"sft", "base"}
 
 
 def task_of(experiment: str) -> str:
@@ -27,8 +27,11 @@ def task_of(experiment: str) -> str:
 
 def combinations():
     for experiment in group("experiment"):
-        text = task_of(experiment) != "sentiment"
-        for model, method in itertools.product(group("model"), group("method")):
+        own = compose_cfg([f"experiment={experiment}"])
+        text = own.task.name != "sentiment"
+        # The paper-scale prompt-response presets need their model's 2k context: only their own model composes.
+        models = [own.model.name] if text and own.preset == "paper" else group("model")
+        for model, method in itertools.product(models, group("method")):
             if method not in (SENTIMENT_ONLY if text else PROMPT_RESPONSE_ONLY):
                 yield experiment, model, method
 
@@ -41,6 +44,10 @@ def test_every_task_has_an_experiment():
 def test_every_combination_composes(experiment, model, method):
     cfg = compose_cfg([f"experiment={experiment}", f"model={model}", f"method={method}"])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # no dangling interpolation or ???
+    if method == "base" and not cfg.model.pretrained:  # a model trained from scratch has no base model to prompt
+        with pytest.raises(UserError, match="method=base prompts the pretrained base model"):
+            validate(cfg)
+        return
     validate(cfg)
     assert Path(cfg.paths.method).parts[-3:] == (cfg.preset, f"seed{cfg.seed}", cfg.method.tag)
 

@@ -53,3 +53,18 @@ def test_reward_model_is_trained_inside_the_jobs_that_read_it():
     # the job order is the METHODS order (make starts them in it)
     fork = next(line for line in lines if "-j2 method-" in line)
     assert fork.split("-j2 ")[1].split() == ["method-ppo", "method-dpo", "method-bon", "method-ppo_gt"]
+
+
+def test_summarization_and_dialogue_targets_use_their_own_stages_and_methods():
+    for target, experiment, methods, analysis in (
+            ("reproduce-summarization", "summarization_embedded", "ppo bon dpo preferred_ft sft", "summarization"),
+            ("reproduce-dialogue", "dialogue_embedded", "ppo bon dpo sft", "dialogue"),
+            ("reproduce-summarization-paper", "summarization_paper", "bon dpo preferred_ft sft base", "summarization"),
+            ("reproduce-dialogue-paper", "dialogue_paper", "bon dpo sft base", "dialogue")):
+        lines = plan(target, "NPROC=2")
+        shared = next(line for line in lines if f"experiment={experiment} 'pipeline=[data,tokenizer,sft" in line)
+        assert "evaluate_sft" not in shared and ("reward," in shared) == ("paper" not in target), target
+        fork = next(line for line in lines if " method-" in line and "-j" in line)
+        assert [m.removeprefix("method-") for m in fork.split()[-len(methods.split()):]] == methods.split(), target
+        assert ("-j1 " in fork) == ("paper" in target), target
+        assert any(f"analysis.winrate --task {analysis}" in line for line in lines), target

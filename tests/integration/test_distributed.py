@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import ROOT, write_reviews
 
-CONFIGS = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}
+# name -> (distributed type, processes: a node's GPUs, or the one GPU of the offload config)
+CONFIGS = {"ddp": ("MULTI_GPU", 8), "fsdp": ("FSDP", 8), "deepspeed_zero3": ("DEEPSPEED", 8),
+           "deepspeed_zero3_offload": ("DEEPSPEED", 1)}
 
 
 def torchrun(args, tmp: Path, timeout=600):
@@ -65,12 +67,15 @@ def test_a_rerun_skips_every_stage_in_both_processes(two_process_runs):
     assert "running" not in log and log.count("done, skipped") == 2 * 9
 
 
-@pytest.mark.parametrize("name,kind", sorted(CONFIGS.items()))
-def test_accelerate_configs_parse(name, kind):
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_accelerate_configs_parse(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
+    kind, processes = CONFIGS[name]
     cfg = load_config_from_file(str(ROOT / "conf" / "accelerate" / f"{name}.yaml"))
-    assert str(cfg.distributed_type).endswith(kind) and cfg.num_processes >= 2 and cfg.num_machines == 1
+    assert str(cfg.distributed_type).endswith(kind) and cfg.num_processes == processes and cfg.num_machines == 1
+    if name == "deepspeed_zero3_offload":
+        assert cfg.deepspeed_config["offload_optimizer_device"] == "cpu"
 
 
 def test_makefile_launches_every_pipeline_command_through_accelerate():

@@ -60,7 +60,8 @@ def test_summarization_judged_texts_are_the_data_references(summarization):
     data = summarization["runs"] / "shared" / "data"
     references = {json.loads(line)["reference"] for line in (data / "test.jsonl").read_text().splitlines()}
     dpo = next((summarization["runs"] / "seed0").glob("dpo_beta*"))
-    rows = [json.loads(line) for line in (dpo / "winrate" / "oracle" / "samples_test_T0.jsonl").read_text().splitlines()]
+    samples = dpo / "winrate" / "oracle" / "samples_test_T0.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(rows) == 8 and all(r["reference"] in references for r in rows)
     assert all(not r["prompt"].endswith("TL;DR:") for r in rows)  # the judge sees the post without the marker
     # Best-of-N at T = 0 is the SFT policy's greedy answer, the SFT baseline's own

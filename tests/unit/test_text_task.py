@@ -59,7 +59,8 @@ def test_debian_summaries_drop_boilerplate_and_duplicates_and_group_families():
     rows = et.debian_summaries(et.parse_translation(TRANSLATION), min_words=5, max_words=200)
     # the transitional package and the two word-for-word duplicates are gone
     assert [r["prompt"].split("\n")[0] for r in rows] == ["PACKAGE: alpha-tool", "PACKAGE: alpha-tool-doc"]
-    assert rows[0]["prompt"].endswith("\nTL;DR:") and rows[0]["completion"] == " command-line tool to sort photos by date"
+    assert rows[0]["prompt"].endswith("\nTL;DR:")
+    assert rows[0]["completion"] == " command-line tool to sort photos by date"
     assert rows[0]["group"] == rows[1]["group"]  # same opening paragraph: one family, one side of the split
     assert et.debian_summaries(et.parse_translation(TRANSLATION), min_words=30, max_words=200) == []
 
