@@ -26,11 +26,12 @@ PAPER_JOBS ?= 1
 JOB_THREADS ?= $(shell n=$$(( $(NPROC) / $(JOBS) )); echo $$(( n > 0 ? n : 1 )))
 SHARED_PIPELINE := [data,tokenizer,sft,reward,evaluate_sft,pairs]
 # The prompt-response tasks (summarization, dialogue): no frontier stage; pairs come from the data. Their methods:
-# the SFT policy itself and Preferred-FT as baselines, DPO, PPO and Best-of-N on the learned reward model.
+# the SFT policy itself and Preferred-FT as baselines, DPO, PPO and Best-of-N on the learned reward model. PPO's job
+# trains r_phi first, so the second job to start is one that does not wait for it (DPO).
 TEXT_SHARED_PIPELINE := [data,tokenizer,sft,reward,pairs]
-SUMMARIZATION_METHODS ?= ppo bon dpo preferred_ft sft
+SUMMARIZATION_METHODS ?= ppo dpo bon preferred_ft sft
 # Dialogue: the SFT stage is Preferred-FT on the chosen answers (the paper's reference), so no second Preferred-FT.
-DIALOGUE_METHODS ?= ppo bon dpo sft
+DIALOGUE_METHODS ?= ppo dpo bon sft
 # Paper scale: no reward stage (an LLM judges); the base model prompted zero-shot (TL;DR) / 2-shot (HH). PPO is left
 # out: our single-process PPO needs ~40 GB per billion policy parameters (conf/method_preset/summarization_paper/
 # ppo.yaml), 240 GB at GPT-J 6B; add it with a model that fits: SUMMARIZATION_PAPER_METHODS="... ppo".

@@ -57,8 +57,8 @@ def test_reward_model_is_trained_inside_the_jobs_that_read_it():
 
 def test_summarization_and_dialogue_targets_use_their_own_stages_and_methods():
     for target, experiment, methods, analysis in (
-            ("reproduce-summarization", "summarization_embedded", "ppo bon dpo preferred_ft sft", "summarization"),
-            ("reproduce-dialogue", "dialogue_embedded", "ppo bon dpo sft", "dialogue"),
+            ("reproduce-summarization", "summarization_embedded", "ppo dpo bon preferred_ft sft", "summarization"),
+            ("reproduce-dialogue", "dialogue_embedded", "ppo dpo bon sft", "dialogue"),
             ("reproduce-summarization-paper", "summarization_paper", "bon dpo preferred_ft sft base", "summarization"),
             ("reproduce-dialogue-paper", "dialogue_paper", "bon dpo sft base", "dialogue")):
         lines = plan(target, "NPROC=2")
