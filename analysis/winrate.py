@@ -197,6 +197,14 @@ def stage_lines(run_root: Path) -> list[str]:
     return lines + [""]
 
 
+QUOTE = 80
+
+
+def _quote(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= QUOTE else text[:QUOTE] + " […]"
+
+
 def example_lines(run_root: Path, judge: str, n: int) -> list[str]:
     """A few held-out prompts with the reference and each method's greedy (else lowest-temperature) answer."""
     by_method: dict[str, list[dict]] = {}
@@ -208,10 +216,11 @@ def example_lines(run_root: Path, judge: str, n: int) -> list[str]:
     if not by_method:
         return []
     first = next(iter(by_method.values()))
-    lines = ["## Examples (seed 0, lowest temperature)", ""]
+    lines = ["## Examples (seed 0, lowest temperature)", "",
+             f"The data's prompt and reference answer are cut to their first {QUOTE} characters (the data are not "
+             "this project's to republish); the answers of the policies are shown whole.", ""]
     for i, row in enumerate(first):
-        prompt = row["prompt"] if len(row["prompt"]) < 600 else row["prompt"][:600] + " […]"
-        lines += [f"**Prompt {i + 1}.** {prompt!r}", "", f"- reference: {row['reference'].strip()!r}"]
+        lines += [f"**Prompt {i + 1}.** {_quote(row['prompt'])!r}", "", f"- reference: {_quote(row['reference'])!r}"]
         lines += [f"- {tag}: {rows[i]['candidate'].strip()!r}" for tag, rows in by_method.items() if i < len(rows)]
         lines.append("")
     return lines
@@ -240,10 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     from analysis import cost
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    ran_at = sorted({json.loads(p.read_text()).get("git_sha", "?")[:7] for p in run_root.glob("**/done.json")})
     judges = sorted(load_winrates(run_root).judge.unique())
     head = [f"# {args.task} ({args.preset}): win rates", "",
-            f"Produced by `{args.command}` at commit {sha or 'unknown'}, "
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Judge(s): {', '.join(judges)}.", ""]
+            f"Produced by `{args.command}`; its stages ran at commit(s) {', '.join(ran_at) or 'unknown'}, these "
+            f"tables were written at {sha or 'unknown'}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
+            f"Judge(s): {', '.join(judges)}.", ""]
     if args.preset != "paper":
         head += [SMOKE_NOTE, ""]
     head += ["The paper, for orientation: " + PAPER[args.task][0], ""]
