@@ -9,9 +9,9 @@ schema (issue 6, first part: these are not yet wired into a pipeline).
 Each loader returns the project's records: SFT {prompt, completion}, preference {prompt, chosen, rejected},
 evaluation {prompt, reference}. A completion starts with a space where the prompt ends with a marker ("TL;DR:",
 "Assistant:"), so prompt + completion is the text the policy reads and writes. A structurally malformed row (a
-missing column value, no assistant turn, chosen and rejected disagreeing on the dialogue before the last answer) is
-a UserError naming its row numbers; rows that are well formed but unusable (an empty answer, chosen == rejected)
-are dropped and counted, as the raw datasets contain a few of them.
+missing column value, no assistant turn) is a UserError naming its row numbers; rows that are well formed but
+unusable (an empty answer, chosen == rejected, HH transcripts that part before their last turn) are dropped and
+counted, as the raw datasets contain a few of them.
 """
 from __future__ import annotations
 
@@ -145,7 +145,8 @@ def hh(rows: list[dict], single_turn: bool = False) -> tuple[list[dict], dict]:
     prompt, the two last answers are chosen and rejected. single_turn keeps only dialogues with one human turn (the
     paper's evaluation subset)."""
     out, bad = [], []
-    counts = {"n_multi_turn_dropped": 0, "n_empty_answer_dropped": 0, "n_identical_dropped": 0}
+    counts = {"n_multi_turn_dropped": 0, "n_empty_answer_dropped": 0, "n_identical_dropped": 0,
+              "n_prompt_mismatch_dropped": 0}
     for i, row in enumerate(rows):
         chosen, rejected = row.get("chosen"), row.get("rejected")
         if not isinstance(chosen, str) or not isinstance(rejected, str):
@@ -157,7 +158,9 @@ def hh(rows: list[dict], single_turn: bool = False) -> tuple[list[dict], dict]:
             bad.append(f"row {i} ({row['_source']}): {err}")
             continue
         if prompt.strip() != prompt_r.strip():
-            bad.append(f"row {i} ({row['_source']}): chosen and rejected differ before the last assistant turn")
+            # Anthropic/hh-rlhf has a few of these (the two transcripts part before their last turn): well formed, but
+            # not a comparison of two answers to one prompt. Dropped and counted.
+            counts["n_prompt_mismatch_dropped"] += 1
             continue
         if single_turn and prompt.count(HUMAN) != 1:
             counts["n_multi_turn_dropped"] += 1

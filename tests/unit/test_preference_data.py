@@ -78,7 +78,8 @@ def test_hh_splits_at_the_last_answer_and_filters_single_turn(tmp_path):
     f = jsonl(tmp_path / "hh.jsonl", rows)
     loaded = pd_.load_rows("hh", source="local", local_files=[str(f)])
     pairs, stats = pd_.hh(loaded)
-    assert stats == {"n_pairs": 3, "n_multi_turn_dropped": 0, "n_empty_answer_dropped": 1, "n_identical_dropped": 1}
+    assert stats == {"n_pairs": 3, "n_multi_turn_dropped": 0, "n_empty_answer_dropped": 1, "n_identical_dropped": 1,
+                     "n_prompt_mismatch_dropped": 0}
     assert pairs[0] == {"prompt": ONE.lstrip("\n"), "chosen": " Boil it for nine minutes.", "rejected": " No idea."}
     assert pairs[1]["prompt"] == TWO.lstrip("\n") and pairs[1]["chosen"] == " Nine minutes in boiling water."
     single, stats = pd_.hh(loaded, single_turn=True)
@@ -92,13 +93,16 @@ def test_hh_malformed_rows_are_named(tmp_path):
             {"chosen": "just text", "rejected": "more text"},
             {"chosen": ONE + " a", "rejected": TWO + " b"},
             {"chosen": 3, "rejected": ONE + " b"}]
-    with pytest.raises(UserError, match=r"3 malformed row\(s\)") as err:
+    with pytest.raises(UserError, match=r"2 malformed row\(s\)") as err:
         pd_.hh(pd_.load_rows("hh", source="local", local_files=str(jsonl(tmp_path / "hh.jsonl", rows[:3]))) +
                [dict(rows[3], _source="memory")])
     text = str(err.value)
     assert "row 1" in text and "no 'Human:' turn" in text
-    assert "row 2" in text and "differ before the last assistant turn" in text
-    assert "row 3 (memory): chosen and rejected must both be text" in text
+    assert "row 3 (memory): chosen and rejected must both be text" in text and "row 2" not in text
+    # transcripts that part before their last turn (real HH has a few) are dropped and counted, not an error
+    pairs, stats = pd_.hh(pd_.load_rows("hh", source="local", local_files=str(jsonl(tmp_path / "ok.jsonl",
+                                                                                      [rows[0], rows[2]]))))
+    assert len(pairs) == 1 and stats["n_prompt_mismatch_dropped"] == 1
 
 
 def test_hub_ids_fail_with_the_offline_hint(monkeypatch):
