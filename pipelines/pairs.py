@@ -44,7 +44,7 @@ def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: lis
     return pairs, ties
 
 
-def _reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+def reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
     """log pi_SFT(completion | prompt) in the precision DPO trains in (bf16 autocast where the preset trains in
     bf16), so that at the first step the policy's and the stored reference's log-probs cancel as they would in TRL's
     own reference pass."""
@@ -78,7 +78,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                          temperature=g.temperature)
         rewards = reward(tokenizer.batch_decode([x + y for x, y in zip(repeated, completions)],
                                                 skip_special_tokens=True))
-        logps = _reference_logps(cfg, policy, repeated, completions)
+        logps = reference_logps(cfg, policy, repeated, completions)
         k = p.samples_per_prompt
         write_jsonl(path, [{"prompt_ids": x["prompt_ids"], "doc": x["doc"],
                             "completions": completions[i * k:(i + 1) * k], "rewards": rewards[i * k:(i + 1) * k],
@@ -88,7 +88,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for c in range(n_chunks):
         for row in read_jsonl(chunk_dir / f"{c:05d}.jsonl"):
             if "sft_logps" not in row:  # a chunk written before the log-probs were stored with it
-                row["sft_logps"] = _reference_logps(cfg, policy, [row["prompt_ids"]] * len(row["completions"]),
+                row["sft_logps"] = reference_logps(cfg, policy, [row["prompt_ids"]] * len(row["completions"]),
                                                     row["completions"])
             new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], p.tie_threshold,
                                 row["sft_logps"])

@@ -18,13 +18,12 @@ import logging
 import random
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from pipelines import embedded_text
 from pipelines import preference_data as pdata
-from pipelines.common import UserError, pick_device, read_jsonl, use_bf16, write_jsonl
+from pipelines.common import UserError, pick_device, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 FORMAT = "prompt_response"
@@ -227,7 +226,7 @@ def run_pairs(cfg: DictConfig, out_dir: Path) -> dict:
     """The data's preference pairs as token ids, with log pi_SFT of both answers (computed once, here, under the
     precision DPO trains in; see pipelines/pairs.py). Resumable by chunk."""
     from pipelines.models import load_policy, load_tokenizer
-    from pipelines.sampling import sequence_logprobs
+    from pipelines.pairs import reference_logps
 
     p, g = cfg.task.pairs, cfg.task.generation
     sft_dir = Path(cfg.paths.sft) / "policy"
@@ -262,8 +261,7 @@ def run_pairs(cfg: DictConfig, out_dir: Path) -> dict:
         chunk = encoded[start:start + p.chunk_size]
         prompts = [x["prompt_ids"] for x in chunk for _ in range(2)]
         answers = [y for x in chunk for y in (x["chosen_ids"], x["rejected_ids"])]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.model.precision, device)):
-            logps = sequence_logprobs(policy, prompts, answers, g.batch_size)
+        logps = reference_logps(cfg, policy, prompts, answers)
         write_jsonl(path, [{**x, "ref_chosen_logps": logps[2 * i], "ref_rejected_logps": logps[2 * i + 1]}
                            for i, x in enumerate(chunk)])
     pairs = [r for c in range(len(starts)) for r in read_jsonl(chunk_dir / f"{c:05d}.jsonl")]
