@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.frontier import COLORS, NAMES, METHOD_ORDER, _run_label, t975  # noqa: E402
+from analysis.frontier import COLORS, NAMES, METHOD_ORDER, _done, _git_sha, _run_label, t975  # noqa: E402
 
 COLUMNS = ["judge", "split", "method", "param", "seed", "temperature", "win_rate", "win_rate_se", "n", "n_invalid",
            "tag"]
@@ -167,14 +167,9 @@ SMOKE_NOTE = ("**This is the offline smoke preset: it checks that the whole chai
               "pairs 'real answer over another prompt's answer', a word-level relevance oracle as judge; README).")
 
 
-def _metrics(run_root: Path, stage: str) -> dict:
-    path = run_root / "shared" / stage / "done.json"
-    return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
-
-
 def stage_lines(run_root: Path) -> list[str]:
-    data, sft, reward, pairs, rm = (_metrics(run_root, s) for s in ("data", "sft", "reward", "pairs",
-                                                                      "reward_model"))
+    data, sft, reward, pairs, rm = (_done(run_root / "shared" / s).get("metrics", {})
+                                    for s in ("data", "sft", "reward", "pairs", "reward_model"))
     lines = ["## Shared stages", ""]
     if data:
         lines.append(f"- data: {data.get('n_train')} SFT examples, {data.get('n_prefs')} preference pairs, "
@@ -228,7 +223,6 @@ def example_lines(run_root: Path, judge: str, n: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import subprocess
     from datetime import datetime, timezone
 
     ap = argparse.ArgumentParser(description="Win-rate tables and plots of the summarization and dialogue tasks.")
@@ -248,8 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no win rates under {run_root} (run the pipeline first)")
     from analysis import cost
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    ran_at = sorted({json.loads(p.read_text()).get("git_sha", "?")[:7] for p in run_root.glob("**/done.json")})
+    sha = _git_sha()[:7]
+    ran_at = sorted({_done(p.parent).get("git_sha", "")[:7] for p in run_root.glob("**/done.json")} - {""})
     judges = sorted(load_winrates(run_root).judge.unique())
     head = [f"# {args.task} ({args.preset}): win rates", "",
             f"Produced by `{args.command}`; its stages ran at commit(s) {', '.join(ran_at) or 'unknown'}, these "
