@@ -34,6 +34,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def download(url: str, dest: Path, what: str, hint: str, sha256: str | None = None) -> None:
+    """Fetch `url` into `dest` unless it is there (atomically: an interrupted download leaves nothing). A failed
+    download is a UserError naming `what` and the way round it (`hint`); with `sha256`, so is a different file."""
+    import hashlib
+    import logging
+    import urllib.request
+
+    dest = Path(dest)
+    if dest.exists():
+        return
+    logging.getLogger(__name__).info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            blob = resp.read()
+    except OSError as err:
+        raise UserError(f"could not download {what} ({err}).\n  {hint}") from err
+    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+        raise UserError(f"the download of {url} has an unexpected checksum; try again later")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(dest)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -10,20 +10,18 @@ Writes train.jsonl and test.jsonl (text, label in {0, 1}, corpus) and stats.json
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import lzma
 import random
 import re
 import tarfile
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipelines.common import UserError, hub_hint, read_jsonl, write_jsonl
+from pipelines.common import UserError, download, hub_hint, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +61,10 @@ def fetch_embedded(cache_dir: Path) -> dict[str, Path]:
         return out
     cache_dir.mkdir(parents=True, exist_ok=True)
     deb = cache_dir / DEB_NAME
-    if not deb.exists():
-        log.info("downloading %s", DEB_URL)
-        try:
-            with urllib.request.urlopen(DEB_URL, timeout=120) as resp:
-                blob = resp.read()
-        except OSError as err:
-            raise UserError(
-                f"could not download the embedded review corpus ({err}).\n"
-                f"  Fetch {DEB_URL} by any means (on Debian/Ubuntu: `apt-get download python3-pattern`) and save it "
-                f"as {deb}, then rerun;\n  or run on your own data: task.data.source=local "
-                "task.data.local_files=[reviews.jsonl] (text,label columns).") from err
-        if hashlib.sha256(blob).hexdigest() != DEB_SHA256:
-            raise UserError(f"the download of {DEB_URL} has an unexpected checksum; try again later")
-        deb.write_bytes(blob)
+    download(DEB_URL, deb, "the embedded review corpus",
+             f"Fetch {DEB_URL} by any means (on Debian/Ubuntu: `apt-get download python3-pattern`) and save it as "
+             f"{deb}, then rerun;\n  or run on your own data: task.data.source=local "
+             "task.data.local_files=[reviews.jsonl] (text,label columns).", sha256=DEB_SHA256)
     members = _ar_members(deb.read_bytes())
     data_name = next((n for n in members if n.startswith("data.tar")), None)
     if data_name is None:

@@ -25,10 +25,9 @@ import logging
 import lzma
 import random
 import re
-import urllib.request
 from pathlib import Path
 
-from pipelines.common import UserError
+from pipelines.common import UserError, download
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +38,6 @@ DEBIAN_TRANSLATION_SHA256 = "a3d4a0bfd8e9242810b0885eda7c1a6e05dac15b333ddbaab03
 CHITCHAT_REQUIREMENT = "chitchat-dataset==0.9.0"
 CHITCHAT_FILE = "chitchat_dataset/dataset.json"
 BOILERPLATE = re.compile(r"\b(transitional|dummy|metapackage|meta-package|debug(ging)? symbols)\b", re.I)
-
-
-def _download(url: str, dest: Path) -> str:
-    """Fetch url to dest (once, atomically). Returns the file's sha256."""
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s", url)
-        try:
-            with urllib.request.urlopen(url, timeout=120) as resp:
-                blob = resp.read()
-        except OSError as err:
-            raise UserError(f"could not download {url} ({err}).\n  Fetch it by any means, save it as {dest} and "
-                            "rerun, or use your own data: task.data.source=local (see the task config).") from err
-        tmp = dest.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(dest)
-    return hashlib.sha256(dest.read_bytes()).hexdigest()
 
 
 def parse_translation(text: str) -> list[dict]:
@@ -99,7 +81,10 @@ def debian_summaries(records: list[dict], min_words: int, max_words: int) -> lis
 
 def load_debian_summaries(cache_dir: Path, min_words: int, max_words: int) -> tuple[list[dict], dict]:
     path = Path(cache_dir) / "debian" / "bookworm-Translation-en.xz"
-    sha = _download(DEBIAN_TRANSLATION_URL, path)
+    download(DEBIAN_TRANSLATION_URL, path, "Debian's package descriptions",
+             f"Fetch {DEBIAN_TRANSLATION_URL} by any means, save it as {path} and rerun, or use your own data: "
+             "task.data.source=local (see conf/task/summarization.yaml).")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
     if sha != DEBIAN_TRANSLATION_SHA256:
         log.warning("%s changed upstream (sha256 %s); the committed results were measured on %s",
                     DEBIAN_TRANSLATION_URL, sha, DEBIAN_TRANSLATION_SHA256)
