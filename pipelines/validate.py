@@ -49,6 +49,10 @@ def validate(cfg: DictConfig) -> None:
          f"model.precision must be {' or '.join(PRECISIONS)}, got '{cfg.model.precision}'")
     need(0 < cfg.get("vllm_gpu_memory_utilization", 0.3) < 1,
          f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.get('vllm_gpu_memory_utilization')}")
+    w = t.get("winrate")
+    if w is not None:
+        need(len(w.temperatures) > 0 and all(0 <= x <= 2 for x in w.temperatures),
+             f"task.winrate.temperatures must be in [0, 2] (0 = greedy), got {list(w.temperatures)}")
     if not text:
         _sentiment_task(cfg, need)
     if not cfg.model.pretrained:
@@ -83,8 +87,6 @@ def _text_task(cfg: DictConfig, need) -> None:
     w = t.winrate
     need(w.n_prompts >= 1, f"task.winrate.n_prompts must be >= 1, got {w.n_prompts}")
     need(w.get("ood_n_prompts", 0) >= 0, f"task.winrate.ood_n_prompts must be >= 0, got {w.get('ood_n_prompts')}")
-    need(len(w.temperatures) > 0 and all(0 <= x <= 2 for x in w.temperatures),
-         f"task.winrate.temperatures must be in [0, 2] (0 = greedy), got {list(w.temperatures)}")
     stages = [s for s in cfg.pipeline if s in SENTIMENT_STAGES]
     need(not stages, f"pipeline: stage(s) {stages} make the sentiment task's reward-vs-KL frontier; task "
                      f"'{t.name}' is compared by win rate (pipeline=[data,tokenizer,sft,reward,pairs,train,winrate])")
@@ -119,8 +121,6 @@ def _sentiment_task(cfg: DictConfig, need) -> None:
         need(1 <= w.n_prompts <= t.eval.n_prompts, f"task.winrate.n_prompts must be in 1..task.eval.n_prompts "
                                                    f"({t.eval.n_prompts}): the references are SFT's evaluation "
                                                    f"samples; got {w.n_prompts}")
-        need(len(w.temperatures) > 0 and all(0 <= x <= 2 for x in w.temperatures),
-             f"task.winrate.temperatures must be in [0, 2] (0 = greedy), got {list(w.temperatures)}")
 
 
 def _method(cfg: DictConfig, need) -> None:
