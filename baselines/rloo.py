@@ -21,6 +21,7 @@ from pipelines import vllm_sampling
 from pipelines.common import pick_device, use_bf16
 from pipelines.cost import add_generated, meter
 from pipelines.dpo import SnapshotPolicy, train_and_save
+from pipelines.lm_head import apply_to_trainer
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.sampling import sample_completions
 from pipelines.tracking import JsonlMetrics, trainer_report_to
@@ -78,6 +79,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                           train_dataset=data, processing_class=tokenizer,
                           callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"),
                                      SnapshotPolicy(out_dir / "snapshots", m.eval_every, tokenizer)])
+    apply_to_trainer(trainer, cfg.model.dense_logits)
     if getattr(trainer, "ref_model", None) is not None:  # TRL loads the KL reference itself (beta > 0)
         meter(trainer.ref_model)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_prompts": len(data), "score_mean": mean, "score_std": std}

@@ -33,6 +33,7 @@ from trl import DPOConfig
 
 from pipelines.common import git_sha, trainer_precision, use_bf16, versions
 from pipelines.dpo import SampledTokenDPOTrainer
+from pipelines.lm_head import apply_to_trainer
 from pipelines.sampling import sample_completions, sequence_logprobs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -167,10 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.e2e:
         end_to_end(Path(args.out), shlex.split(args.make_args))
         return
-    model_cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
-    # The task settings as the embedded preset overrides them (generation length and batch).
-    task_cfg = OmegaConf.merge(OmegaConf.load(CONF / "task" / "sentiment.yaml"),
-                               OmegaConf.load(CONF / "experiment" / "sentiment_embedded.yaml").get("task", {}))
+    # The model and task settings as the embedded preset overrides them (width, generation length and batch).
+    preset = OmegaConf.load(CONF / "experiment" / "sentiment_embedded.yaml")
+    model_cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "tiny.yaml"), preset.get("model", {}))
+    task_cfg = OmegaConf.merge(OmegaConf.load(CONF / "task" / "sentiment.yaml"), preset.get("task", {}))
     a, vocab = model_cfg.arch, model_cfg.tokenizer.vocab_size
     new_tokens, batch = task_cfg.generation.max_new_tokens, task_cfg.generation.batch_size
     torch.manual_seed(0)
@@ -222,19 +223,25 @@ def main(argv: list[str] | None = None) -> None:
         trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=GPT2LMHeadModel(config),
                                          args=DPOConfig(**dpo_kwargs, bf16=False), train_dataset=pairs, processing_class=_tokenizer(vocab),
                                          callbacks=[timer := _StepTimer()])
+        apply_to_trainer(trainer, model_cfg.dense_logits)
         trainer.train()
         step_times = timer.times[1:]  # the first step warms up
         results["dpo_step_32_pairs"] = _summary(step_times)
         # The same steps reading the reference log-probs stored by the pairs stage (no reference model).
         stored = pairs.add_column("ref_chosen_logps", [-50.0] * n_pairs).add_column("ref_rejected_logps",
                                                                                   [-50.0] * n_pairs)
+        # Log-probs as the preset computes them (model.dense_logits) and, where that is the dense path, through
+        # TRL's fused LM head too (what it replaces).
+        heads = [("", model_cfg.dense_logits)] + ([("_trl_fused_head", False)] if model_cfg.dense_logits else [])
         for prec in precisions:
-            stored_args = DPOConfig(**dpo_kwargs, precompute_ref_log_probs=True, **trainer_precision(prec))
-            trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=None, args=stored_args,
-                                             train_dataset=stored, processing_class=_tokenizer(vocab),
-                                             callbacks=[timer := _StepTimer()])
-            trainer.train()
-            results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}"] = _summary(timer.times[1:])
+            for head, dense in heads:
+                stored_args = DPOConfig(**dpo_kwargs, precompute_ref_log_probs=True, **trainer_precision(prec))
+                trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=None, args=stored_args,
+                                                 train_dataset=stored, processing_class=_tokenizer(vocab),
+                                                 callbacks=[timer := _StepTimer()])
+                apply_to_trainer(trainer, dense)
+                trainer.train()
+                results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}{head}"] = _summary(timer.times[1:])
     # One PPO step with the embedded preset's PPO settings (rollout, scoring, all PPO epochs); a cheap stand-in
     # scorer, so the number is PPO's own cost (add the reward model's forward for method=ppo).
     from baselines.ppo import PPO, ValueModel
@@ -270,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
               f"evaluate_checkpoint_{n_eval}_prefixes": n_eval * new_tokens}
     for prec in precisions:
         tokens[f"sft_step_{sft.batch_size}x{sft.block_size}{_suffix(prec)}"] = sft.batch_size * sft.block_size
-        tokens[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}"] = tokens["dpo_step_32_pairs"]
+        for head, _ in heads:
+            tokens[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}{head}"] = tokens["dpo_step_32_pairs"]
     for name, n in tokens.items():
         results[name]["tokens"] = n
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"

@@ -17,6 +17,7 @@ from trl import DPOConfig, DPOTrainer
 
 from pipelines.common import UserError, read_jsonl, trainer_precision
 from pipelines.distributed import is_main, save_trained
+from pipelines.lm_head import apply_to_trainer
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 
@@ -135,4 +136,5 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer,
         callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", m.eval_every,
                                                                              tokenizer)])
+    apply_to_trainer(trainer, cfg.model.dense_logits)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_pairs": len(pairs), "stored_ref_logps": stored}

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from pipelines.dpo import SnapshotPolicy, load_pairs, train_and_save, training_args
+from pipelines.lm_head import apply_to_trainer
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics
@@ -103,6 +104,7 @@ def run_preferred_ft(cfg: DictConfig, out_dir: Path) -> dict:
     args = SFTConfig(max_length=None, packing=False, **training_args(cfg, out_dir))
     trainer = SFTTrainer(model=load_policy(sft_dir), args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=_callbacks(cfg, out_dir, tokenizer))
+    apply_to_trainer(trainer, cfg.model.dense_logits)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_examples": len(data)}
 
 

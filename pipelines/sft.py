@@ -20,6 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from pipelines.common import UserError, trainer_precision
 from pipelines.data import load_split
 from pipelines.distributed import is_main, save_trained
+from pipelines.lm_head import apply_to_trainer
 from pipelines.models import build_policy, context_length, load_tokenizer
 from pipelines.text_task import is_text_task, sft_examples
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
@@ -76,6 +77,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,
                          processing_class=tokenizer, callbacks=[JsonlMetrics(out_dir / "metrics.jsonl")])
+    apply_to_trainer(trainer, cfg.model.dense_logits)
     resume = latest_checkpoint(out_dir / "checkpoints")
     if resume:
         log.info("sft: resuming from %s", resume)

@@ -47,6 +47,8 @@ def validate(cfg: DictConfig) -> None:
          f"task.generation.backend must be one of {', '.join(BACKENDS)}, got '{t.generation.get('backend')}'")
     need(cfg.model.precision in PRECISIONS,
          f"model.precision must be {' or '.join(PRECISIONS)}, got '{cfg.model.precision}'")
+    need(isinstance(cfg.model.get("dense_logits"), bool),
+         f"model.dense_logits must be true or false, got {cfg.model.get('dense_logits')!r}")
     need(0 < cfg.get("vllm_gpu_memory_utilization", 0.3) < 1,
          f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.get('vllm_gpu_memory_utilization')}")
     w = t.get("winrate")

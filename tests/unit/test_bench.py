@@ -16,6 +16,8 @@ def test_bench_writes_its_record(tmp_path):
         assert {"sft_step_32x128_bf16", "dpo_step_32_pairs_stored_ref_logps_bf16",
                 "ppo_step_64_rollouts_2_epochs_bf16"} <= set(results)
     assert results["sft_step_32x128"]["tokens"] == 32 * 128
+    # The preset's dense logits, and TRL's fused head beside them for comparison
+    assert "dpo_step_32_pairs_stored_ref_logps_trl_fused_head" in results
     assert "tokens / s" in next(tmp_path.glob("*.md")).read_text()
 
 
