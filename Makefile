@@ -51,7 +51,7 @@ RUN = $(if $(ACCELERATE),$(VENV)/bin/accelerate launch --config_file conf/accele
 LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
 
 .PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper reproduce-summarization \
-	reproduce-dialogue reproduce-summarization-paper reproduce-dialogue-paper sweep analyze-sentiment test test-all bench bench-e2e clean-runs
+	reproduce-dialogue reproduce-summarization-paper reproduce-dialogue-paper sweep analyze-sentiment test test-all bench bench-e2e bench-e2e-seeds clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -138,6 +138,9 @@ bench: $(VENV)/.installed ## time sampling, log-probs, SFT, DPO and PPO steps, e
 
 bench-e2e: $(VENV)/.installed ## time make reproduce-sentiment from an empty runs/ (idle machine); writes results/bench/e2e-*
 	$(PY) -m pipelines.bench --e2e --make-args "$(BENCH_MAKE_ARGS)"
+
+bench-e2e-seeds: $(VENV)/.installed ## after bench-e2e: time adding seeds 1 and 2 (make reproduce-sentiment-seeds); adds it to results/bench/e2e-*
+	$(PY) -m pipelines.bench --seeds --make-args "$(BENCH_MAKE_ARGS)"
 
 clean-runs: ## delete training outputs under runs/ (results/ is kept)
 	rm -rf runs

@@ -13,6 +13,10 @@ Design choices (all in conf/method/ppo.yaml):
 - Scores are normalised with a fixed mean/std measured on SFT samples before training, so one KL coefficient
   means the same thing for rewards of any scale.
 
+Under a multi-process launch that keeps whole weights in every process (DDP, torchrun) the loop trains
+data-parallel: each process samples, scores and updates on its share of every batch and minibatch, DDP averages the
+gradients, and whitening, score normalisation and the KL controller see the whole batch (pipelines/distributed.py).
+
 Stage: reads sft/policy, data/ (train prefixes), reward_model/ (learned) or reward/ (r*). Writes snapshots/step*/
 (frontier points), policy/, last/ (resume checkpoint), metrics.jsonl."""
 from __future__ import annotations
@@ -34,6 +38,8 @@ from baselines import ppo_math as pm
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, use_bf16
 from pipelines.cost import meter
 from pipelines.data import load_split
+from pipelines.distributed import Replicas, replicates_weights
+from pipelines.lm_head import entropy
 from pipelines.models import attn_kwargs, load_policy, load_tokenizer
 from pipelines.prompts import make_prefixes
 from pipelines.sampling import batch_seed, right_pad, sample_completions
@@ -108,7 +114,7 @@ def token_logprobs(model, b: Batch, with_entropy: bool = False):
     logps = logp_all.gather(-1, b.tokens.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return logps
-    return logps, -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy(logp_all)
 
 
 def token_values(value_model: ValueModel, b: Batch) -> torch.Tensor:
@@ -121,13 +127,17 @@ class PPO:
 
     def __init__(self, policy, ref, value_model: ValueModel, scorer, args: DictConfig, eos_id: int, pad_id: int,
                  max_new_tokens: int, seed: int, generation_batch_size: int = 64, temperature: float = 1.0,
-                 bf16: bool = False):
+                 bf16: bool = False, replicas: Replicas | None = None):
         self.policy, self.ref, self.value_model, self.scorer, self.a = policy, ref, value_model, scorer, args
         self.eos_id, self.pad_id, self.max_new_tokens, self.seed = eos_id, pad_id, max_new_tokens, seed
         self.generation_batch_size, self.temperature = generation_batch_size, temperature
         for model in (policy, ref, value_model):
             model.eval()  # dropout off everywhere (gradients still flow in eval mode)
         ref.requires_grad_(False)
+        # Data-parallel over the processes of a launch (each samples and scores its share of the batch; gradients
+        # are averaged by DDP; whitening, the KL controller and the logged means use the whole batch), or alone.
+        self.replicas = replicas or Replicas(active=False)
+        self.policy_train, self.value_train = self.replicas.wrap(policy), self.replicas.wrap(value_model)
         # Adam eps 1e-5 as in the reference PPO implementations (Huang et al. 2024).
         self.policy_opt = torch.optim.Adam(policy.parameters(), lr=args.learning_rate, eps=1e-5)
         self.value_opt = torch.optim.Adam(value_model.parameters(), lr=args.value_learning_rate, eps=1e-5)
@@ -159,11 +169,17 @@ class PPO:
             scores = torch.where(no_eos, torch.full_like(scores, float(self.a.missing_eos_penalty)), scores)
         return scores
 
+    def _tag(self, tag: str) -> str:
+        """Sampling-seed tag: each data-parallel process draws its own samples."""
+        return tag if self.replicas.size == 1 else f"{tag}/rank{self.replicas.rank}"
+
     def fit_score_normalisation(self, prompts: list[list[int]]) -> None:
-        """Mean and std of the scores of SFT (= initial policy) samples; scores are then (s - mean) / std."""
-        scores = self.raw_scores(prompts, self.sample(prompts, "ppo/score_norm"))
-        self.score_mean, self.score_std = float(scores.mean()), float(scores.std().clamp(min=1e-6))
-        log.info("ppo: score normalisation from %d SFT samples: mean %.4f, std %.4f", len(prompts),
+        """Mean and std of the scores of SFT (= initial policy) samples; scores are then (s - mean) / std. `prompts`
+        is this process's share; the statistics are those of every process's samples."""
+        scores = self.raw_scores(prompts, self.sample(prompts, self._tag("ppo/score_norm")))
+        mean, std = self.replicas.mean_std(scores)
+        self.score_mean, self.score_std = mean, max(std, 1e-6)
+        log.info("ppo: score normalisation from %d SFT samples: mean %.4f, std %.4f", len(prompts) * self.replicas.size,
                  self.score_mean, self.score_std)
 
     @torch.no_grad()
@@ -183,10 +199,11 @@ class PPO:
 
     # -- one PPO step ---------------------------------------------------------------------------------------
     def step(self, step_index: int, prompts: list[list[int]]) -> dict:
-        a = self.a
+        """One rollout + update on `prompts` (this process's share of the step's batch)."""
+        a, rep = self.a, self.replicas
         t0 = time.time()
         # 1. rollout: completions from the current policy's full distribution
-        completions = self.sample(prompts, f"ppo/rollout/{step_index}")
+        completions = self.sample(prompts, self._tag(f"ppo/rollout/{step_index}"))
         b = pack(prompts, completions, self.pad_id, self.device)
         t_rollout = time.time() - t0
         # 2. score: r_phi or r*, then the fixed normalisation
@@ -199,32 +216,35 @@ class PPO:
         # 4. GAE; advantages whitened over the batch's real tokens
         advantages, returns = pm.gae(rewards, fwd["values"], mask, a.gamma, a.lam)
         if a.whiten_advantages:
-            advantages = pm.whiten(advantages, mask)
-        # 5. PPO epochs over shuffled minibatches (gradient accumulated over micro-batches)
-        n = len(prompts)
-        gen = torch.Generator().manual_seed(batch_seed(self.seed, "ppo/minibatches", step_index))
+            advantages = pm.whiten(advantages, mask, all_sum=rep.all_sum if rep.size > 1 else None)
+        # 5. PPO epochs over shuffled minibatches (gradient accumulated over micro-batches); each process takes
+        # its share of every minibatch, DDP averages the processes' gradients at the last micro-batch.
+        n, minibatch = len(prompts), a.minibatch_size // rep.size
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, self._tag("ppo/minibatches"), step_index))
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac",
                                                          "approxkl")}
         for _ in range(a.ppo_epochs):
             order = torch.randperm(n, generator=gen).to(self.device)
-            for start in range(0, n, a.minibatch_size):
-                mb_rows = order[start:start + a.minibatch_size]
+            for start in range(0, n, minibatch):
+                mb_rows = order[start:start + minibatch]
                 mb_tokens = mask[mb_rows].sum().clamp(min=1)
                 self.policy_opt.zero_grad(set_to_none=True)
                 self.value_opt.zero_grad(set_to_none=True)
-                for ms in range(0, len(mb_rows), a.micro_batch_size):
+                micro_starts = range(0, len(mb_rows), a.micro_batch_size)
+                for ms in micro_starts:
                     rows = mb_rows[ms:ms + a.micro_batch_size]
                     mb, mb_mask = b.rows(rows), mask[rows]
                     # Token-weighted: each micro-batch's mean scaled by its share of the minibatch's tokens.
                     weight = mb_mask.sum() / mb_tokens
-                    with self.autocast():
-                        new_logps = token_logprobs(self.policy, mb)
-                        new_values = token_values(self.value_model, mb)
-                    pg_loss, pg_stats = pm.policy_loss(new_logps, fwd["logprobs"][rows], advantages[rows], mb_mask,
-                                                       a.clip_range)
-                    vf_loss, vf_stats = pm.value_loss(new_values, fwd["values"][rows], returns[rows], mb_mask,
-                                                      a.clip_range_value)
-                    (weight * (pg_loss + a.vf_coef * vf_loss)).backward()
+                    with rep.no_sync([self.policy_train, self.value_train], skip=ms != micro_starts[-1]):
+                        with self.autocast():
+                            new_logps = token_logprobs(self.policy_train, mb)
+                            new_values = token_values(self.value_train, mb)
+                        pg_loss, pg_stats = pm.policy_loss(new_logps, fwd["logprobs"][rows], advantages[rows],
+                                                           mb_mask, a.clip_range)
+                        vf_loss, vf_stats = pm.value_loss(new_values, fwd["values"][rows], returns[rows], mb_mask,
+                                                          a.clip_range_value)
+                        (weight * (pg_loss + a.vf_coef * vf_loss)).backward()
                     for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", pg_stats["clipfrac"]),
                                  ("vf_clipfrac", vf_stats["clipfrac"]), ("approxkl", pg_stats["approxkl"])):
                         stats[k].append(float(v.detach()))
@@ -232,28 +252,31 @@ class PPO:
                 torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), a.max_grad_norm)
                 self.policy_opt.step()
                 self.value_opt.step()
-        # 6. KL controller and (optionally) the EMA reference
-        seq_kl = float(kl.sum(1).mean())
+        # 6. KL controller (on the whole batch's KL) and (optionally) the EMA reference
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(seq_kl, n)
+        lengths = mask.sum(1).float()
+        eos = torch.tensor([float(len(c) > 0 and c[-1] == self.eos_id) for c in completions], device=self.device)
+        # Per-sequence means over every process's rollouts: KL, scores, normalised scores, entropy, length, EOS
+        means = rep.batch_mean(torch.stack([kl.sum(1).mean(), raw.mean(), scores.mean(),
+                                            (fwd["entropy"] * mask).sum(1).mean(), lengths.mean(), eos.mean()]), n)
+        seq_kl, raw_mean, score_mean, entropy, mean_len, eos_rate = (float(t) for t in means)
+        self.kl_ctl.update(seq_kl, n * rep.size)
         if a.ref_ema_decay is not None:
             pm.ema_update(self.ref, self.policy, a.ref_ema_decay)
-        # 7. metrics (TRL key names)
-        non_score = float((-kl_coef * kl).sum(1).mean())
-        lengths = mask.sum(1).float()
+        # 7. metrics (TRL key names); losses, clip fractions and value statistics are this process's
+        non_score = -kl_coef * seq_kl
         mean = lambda k: sum(stats[k]) / max(1, len(stats[k]))  # noqa: E731
         return {
-            "objective/kl": seq_kl, "objective/kl_coef": kl_coef, "objective/scores": float(raw.mean()),
-            "objective/scores_normalized": float(scores.mean()), "objective/non_score_reward": non_score,
-            "objective/rlhf_reward": float(scores.mean()) + non_score,
-            "objective/entropy": float((fwd["entropy"] * mask).sum(1).mean()),
+            "objective/kl": seq_kl, "objective/kl_coef": kl_coef, "objective/scores": raw_mean,
+            "objective/scores_normalized": score_mean, "objective/non_score_reward": non_score,
+            "objective/rlhf_reward": score_mean + non_score,
+            "objective/entropy": entropy,
             "policy/approxkl": mean("approxkl"), "policy/clipfrac": mean("pg_clipfrac"),
             "loss/policy": mean("pg_loss"), "loss/value": mean("vf_loss"), "val/clipfrac": mean("vf_clipfrac"),
             "val/mean": float(pm.masked_mean(fwd["values"], mask)),
             "val/explained_variance": float(1 - pm.masked_var(returns - fwd["values"], mask)
                                             / pm.masked_var(returns, mask).clamp(min=1e-8)),
-            "rollout/mean_length": float(lengths.mean()),
-            "rollout/eos_rate": sum(len(c) > 0 and c[-1] == self.eos_id for c in completions) / n,
+            "rollout/mean_length": mean_len, "rollout/eos_rate": eos_rate,
             "time/rollout_s": t_rollout, "time/step_s": time.time() - t0}
 
     # -- resume ---------------------------------------------------------------------------------------------
@@ -332,41 +355,51 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(sft_dir)
     scorer = method_scorer(cfg, tokenizer, device)
     pool = train_prefixes(cfg, tokenizer, m.n_prompts)
+    # Under a multi-process launch that keeps whole weights in every process (DDP, torchrun), every process runs
+    # this loop on its share of each batch; the main one alone writes files. Else this process alone.
+    replicas = Replicas(active=replicates_weights())
     last, tmp = out_dir / "last", out_dir / "last.tmp"
-    if not (last / "state.json").exists() and (tmp / "state.json").exists():
+    if replicas.main and not (last / "state.json").exists() and (tmp / "state.json").exists():
         # Interrupted between removing the old checkpoint and renaming the new one (state.json is written last,
         # so a last.tmp that has it is complete).
         shutil.rmtree(last, ignore_errors=True)
         tmp.rename(last)
+    replicas.barrier()
     start_dir = last if (last / "state.json").exists() else None
     policy = load_policy(start_dir / "policy" if start_dir else sft_dir, device)
     ref = load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, device)
     value_model = ValueModel.load(start_dir / "value" if start_dir else sft_dir).to(device)
     ppo = PPO(policy, ref, value_model, scorer, m, tokenizer.eos_token_id, tokenizer.pad_token_id,
-              g.max_new_tokens, cfg.seed, g.batch_size, g.temperature, bf16=use_bf16(cfg.model.precision, device))
+              g.max_new_tokens, cfg.seed, g.batch_size, g.temperature, bf16=use_bf16(cfg.model.precision, device),
+              replicas=replicas)
     metrics_path = out_dir / "metrics.jsonl"
     if start_dir:
         start = ppo.load(start_dir)
         log.info("ppo: resuming after step %d", start)
-        # Drop what was logged or snapshotted after the checkpoint; those steps are redone.
-        kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start] if metrics_path.exists() else []
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        for snap in (out_dir / "snapshots").glob("step*"):
-            if int(snap.name[4:]) > start:
-                shutil.rmtree(snap)
+        if replicas.main:
+            # Drop what was logged or snapshotted after the checkpoint; those steps are redone.
+            kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start] if metrics_path.exists() else []
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            for snap in (out_dir / "snapshots").glob("step*"):
+                if int(snap.name[4:]) > start:
+                    shutil.rmtree(snap)
     else:
         start = 0
-        metrics_path.unlink(missing_ok=True)
-        shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # from a start that never reached a checkpoint
+        if replicas.main:
+            metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # from a start that never reached a checkpoint
         if m.normalize_scores:
-            ppo.fit_score_normalisation(_prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0))
-    report_to = trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}")
+            ppo.fit_score_normalisation(replicas.shard(_prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0)))
+    report_to = trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}") if replicas.main else []
     t0, last_row = time.time(), {}
-    for step in tqdm(range(start, m.total_steps), desc=f"{m.tag}", initial=start, total=m.total_steps):
-        row = ppo.step(step, _prompt_stream(pool, m.batch_size, cfg.seed, step))
+    for step in tqdm(range(start, m.total_steps), desc=f"{m.tag}", initial=start, total=m.total_steps,
+                     disable=not replicas.main):
+        row = ppo.step(step, replicas.shard(_prompt_stream(pool, m.batch_size, cfg.seed, step)))
         done = step + 1
-        log_metrics(metrics_path, done, row, wandb_on=bool(report_to))
         last_row = row
+        if not replicas.main:
+            continue
+        log_metrics(metrics_path, done, row, wandb_on=bool(report_to))
         if done % m.eval_every == 0 or done == m.total_steps:
             target = out_dir / "snapshots" / f"step{done:06d}"
             if not target.exists():
@@ -376,13 +409,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             ppo.save(tmp, done)
             shutil.rmtree(last, ignore_errors=True)
             tmp.rename(last)
+    replicas.check_in_sync(policy)
+    replicas.check_in_sync(value_model)
+    if not replicas.main:
+        return {}
     policy.save_pretrained(str(out_dir / "policy"), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir / "policy"))
     shutil.rmtree(last, ignore_errors=True)  # optimiser state is not needed once done
     finish_wandb()
     rows = read_jsonl(metrics_path)
     steps_timed = [r["time/step_s"] for r in rows]
-    return {"steps": m.total_steps, "resumed_from": start, "final_kl": round(last_row.get("objective/kl", 0.0), 4),
+    return {"steps": m.total_steps, "world_size": replicas.size, "resumed_from": start,
+            "final_kl": round(last_row.get("objective/kl", 0.0), 4),
             "final_kl_coef": round(last_row.get("objective/kl_coef", 0.0), 5),
             "final_scores": round(last_row.get("objective/scores", 0.0), 4),
             "score_mean": ppo.score_mean, "score_std": ppo.score_std,

@@ -30,10 +30,19 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (centred ** 2).sum() / (n - 1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           all_sum=None) -> torch.Tensor:
     """(x - mean) / std over the masked entries; padding positions become 0. shift_mean=False keeps the mean
-    (used for rewards, whose sign carries meaning)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    (used for rewards, whose sign carries meaning). With `all_sum` (a sum over data-parallel processes), the mean
+    and variance are those of every process's entries together, so a batch split over processes is whitened as one."""
+    if all_sum is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        m = mask.to(x.dtype)
+        total = all_sum(torch.stack([(x * m).sum(), m.sum()]))
+        mean = total[0] / total[1].clamp(min=1)
+        sq = all_sum(((x - mean) ** 2 * m).sum())
+        var = sq / (total[1] - 1) if total[1] >= 2 else torch.zeros((), dtype=x.dtype, device=x.device)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -20,7 +20,7 @@ from trl import RewardConfig, RewardTrainer
 
 from pipelines.common import UserError, pick_device, read_jsonl, trainer_precision
 from pipelines.cost import meter
-from pipelines.distributed import is_main, save_trained
+from pipelines.distributed import is_main, per_process, save_trained
 from pipelines.models import attn_kwargs, load_tokenizer
 from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
@@ -68,7 +68,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     steps_per_epoch = -(-len(train) // r.batch_size)
     args = RewardConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=r.epochs, learning_rate=r.learning_rate,
-        per_device_train_batch_size=r.batch_size, per_device_eval_batch_size=r.batch_size,
+        per_device_train_batch_size=per_process(r.batch_size), per_device_eval_batch_size=r.batch_size,
         lr_scheduler_type="linear", warmup_steps=r.warmup_ratio, weight_decay=0.0, logging_steps=10,
         # Evaluate and checkpoint together, so the best held-out checkpoint can be restored at the end.
         eval_strategy="steps", eval_steps=r.eval_every, save_strategy="steps", save_steps=r.eval_every,

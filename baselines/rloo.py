@@ -20,6 +20,7 @@ from baselines.ppo import method_scorer, train_prefixes
 from pipelines import vllm_sampling
 from pipelines.common import pick_device, use_bf16
 from pipelines.cost import add_generated, meter
+from pipelines.distributed import per_process
 from pipelines.dpo import SnapshotPolicy, train_and_save
 from pipelines.lm_head import apply_to_trainer
 from pipelines.models import load_policy, load_tokenizer
@@ -65,7 +66,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # TRL tokenises the prompt text itself; prompt_ids (the project's prefix ids) reach the reward function.
     data = Dataset.from_dict({"prompt": tokenizer.batch_decode(pool), "prompt_ids": pool})
     args = RLOOConfig(
-        output_dir=str(out_dir / "trainer"), per_device_train_batch_size=m.batch_size,
+        output_dir=str(out_dir / "trainer"), per_device_train_batch_size=per_process(m.batch_size),
         num_generations=m.num_generations, max_completion_length=g.max_new_tokens, temperature=g.temperature,
         top_k=0, top_p=1.0, beta=m.beta, learning_rate=m.learning_rate, lr_scheduler_type="constant",
         max_grad_norm=m.max_grad_norm, max_steps=m.total_steps, logging_steps=1, save_steps=m.save_steps,

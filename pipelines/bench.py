@@ -126,25 +126,57 @@ def stage_times(runs: Path, start: float) -> dict:
             "phase_seconds": {"shared stages (all cores, one after another)": round(shared_end - start, 1)}}
 
 
+def multi_seed(out: Path, make_args: list[str]) -> None:
+    """Time `make reproduce-sentiment-seeds` on top of the state a `--e2e` run left (seed 0 of every method done,
+    so seeds 1 and 2 are added) and write it into that end-to-end record."""
+    path = _e2e_path(out)
+    runs = Path(os.environ.get("RVD_RUNS", "runs")) / "sentiment" / "embedded"
+    if not path.exists() or not list(runs.glob("seed0/*/done.json")):
+        raise SystemExit(f"the multi-seed benchmark continues an end-to-end run: `make bench-e2e` first (it needs "
+                         f"{path} and the seed-0 runs under {runs})")
+    record = json.loads(path.read_text())
+    command = ["make", "reproduce-sentiment-seeds", *make_args]
+    sha, start = git_sha(), time.time()
+    subprocess.run(command, check=True)
+    seconds = time.time() - start
+    record["multi_seed"] = {"command": shlex.join(command), "seconds": round(seconds, 1), "git_sha": sha,
+                            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            "total_seconds": round(record["seconds"] + seconds, 1)}
+    _save_e2e(path, record)
+
+
+def _e2e_path(out: Path) -> Path:
+    slug = f"e2e-cpu-{os.cpu_count()}cores" if not torch.cuda.is_available() else \
+        f"e2e-{torch.cuda.get_device_name().replace(' ', '_')}"
+    return out / f"{slug}.json"
+
+
 def write_e2e(out: Path, record: dict) -> None:
     """<out>/e2e-<device>.{json,md}; earlier measurements in the existing json are kept as its history."""
     out.mkdir(parents=True, exist_ok=True)
-    slug = f"e2e-cpu-{os.cpu_count()}cores" if not torch.cuda.is_available() else \
-        f"e2e-{torch.cuda.get_device_name().replace(' ', '_')}"
-    path = out / f"{slug}.json"
+    path = _e2e_path(out)
     history = []
     if path.exists():
         old = json.loads(path.read_text())
         history = old.get("history", []) + [{k: old[k] for k in ("git_sha", "finished_at", "seconds", "command")}]
-    record = {**record, "history": history}
+    _save_e2e(path, {**record, "history": history})
+
+
+def _save_e2e(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
-    seconds = record["seconds"]
+    seconds, history = record["seconds"], record.get("history", [])
     lines = [f"# End-to-end: `{record['command']}`", "",
              f"**{seconds / 60:.1f} min** from an empty runs folder (venv and data cache present), at "
              f"`{record['git_sha']}`, finished {record['finished_at']}. {record['machine']}", ""]
     for name, s in record.get("phase_seconds", {}).items():
         lines.append(f"- {name}: {s / 60:.1f} min; the parallel method jobs (and r_phi) after them: "
                      f"{(seconds - s) / 60:.1f} min.")
+    ms = record.get("multi_seed")
+    if ms:
+        lines.append(f"- three seeds: `{ms['command']}` right after it (seeds 1 and 2 of every method added; the "
+                     f"shared stages and seed 0 skipped) took {ms['seconds'] / 60:.1f} min more at "
+                     f"`{ms['git_sha'][:10]}`, finished {ms['finished_at']}: **{ms['total_seconds'] / 60:.1f} min** "
+                     "for the three-seed frontier from an empty runs folder.")
     lines += ["", "Stage wall times summed over all runs (parallel jobs overlap, so the sum exceeds the total):", "",
               "| stage | minutes |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in record["stage_seconds"].items()]
@@ -152,7 +184,7 @@ def write_e2e(out: Path, record: dict) -> None:
         lines += ["", "Earlier measurements (same command and machine class; the presets of those commits):", "",
                   "| git SHA | finished | minutes |", "|---|---|---|"]
         lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} |" for h in history]
-    (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -163,10 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-prefixes", type=int, default=None,
                     help="held-out prefixes of the evaluation benchmark (default: the preset's task.eval.n_prompts)")
     ap.add_argument("--e2e", action="store_true", help="time make reproduce-sentiment instead")
-    ap.add_argument("--make-args", default="", help="extra make arguments for --e2e, e.g. 'JOBS=2'")
+    ap.add_argument("--seeds", action="store_true",
+                    help="time make reproduce-sentiment-seeds on top of a finished --e2e run instead")
+    ap.add_argument("--make-args", default="", help="extra make arguments for --e2e and --seeds, e.g. 'JOBS=2'")
     args = ap.parse_args(argv)
-    if args.e2e:
-        end_to_end(Path(args.out), shlex.split(args.make_args))
+    if args.e2e or args.seeds:
+        (multi_seed if args.seeds else end_to_end)(Path(args.out), shlex.split(args.make_args))
         return
     # The model and task settings as the embedded preset overrides them (width, generation length and batch).
     preset = OmegaConf.load(CONF / "experiment" / "sentiment_embedded.yaml")

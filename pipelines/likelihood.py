@@ -21,7 +21,7 @@ from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from pipelines.dpo import SnapshotPolicy, load_pairs, train_and_save, training_args
-from pipelines.lm_head import apply_to_trainer
+from pipelines.lm_head import apply_to_trainer, use_dense_logits
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.sampling import right_pad
 from pipelines.tracking import JsonlMetrics
@@ -44,6 +44,12 @@ def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor, negative: torc
     target = labels[:, 1:]
     mask = target != IGNORE
     token_logp = logps.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return unlikelihood_from_logps(token_logp, mask, negative, alpha)
+
+
+def unlikelihood_from_logps(token_logp: torch.Tensor, mask: torch.Tensor, negative: torch.Tensor, alpha: float
+                            ) -> tuple[torch.Tensor, dict]:
+    """`unlikelihood_loss` from the per-token log-probs of the labels (B, T-1) and their mask (True = scored)."""
     pos = mask & ~negative[:, None]
     neg = mask & negative[:, None]
     nll = -(token_logp * pos).sum() / pos.sum().clamp(min=1)
@@ -62,6 +68,10 @@ class UnlikelihoodTrainer(Trainer):
         super().__init__(*args, data_collator=self._collate, **kwargs)
         self.alpha, self.pad_id = alpha, pad_id
         self._logged: dict[str, list[float]] = {}
+        # The loss needs the log-probs of the completion tokens only: the model's forward returns them (projected
+        # and normalised at the scored positions alone, pipelines/lm_head.py) instead of (B, T, V) logits. Patched
+        # on the model itself, so a DDP wrapper's forward still goes through it.
+        use_dense_logits(self.model, 1.0, ("log_probs",))
 
     def _collate(self, rows: list[dict]) -> dict:
         seqs = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [r["prompt_ids"] + r["rejected_ids"] for r in rows]
@@ -75,11 +85,12 @@ class UnlikelihoodTrainer(Trainer):
         return {"input_ids": ids, "attention_mask": mask, "labels": padded, "negative": negative}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-        loss, stats = unlikelihood_loss(logits, inputs["labels"], inputs["negative"], self.alpha)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"],
+                    fused_lm_head=True)
+        loss, stats = unlikelihood_from_logps(out.log_probs, out.label_mask, inputs["negative"], self.alpha)
         for k, v in stats.items():
             self._logged.setdefault(k, []).append(float(v))
-        return (loss, logits) if return_outputs else loss
+        return (loss, out.log_probs) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         # Averages of the loss terms since the last log record, next to Trainer's loss.

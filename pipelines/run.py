@@ -58,7 +58,11 @@ class Method:
     train: Callable[[DictConfig, Path], dict]
     inputs: tuple[str, ...]
     on_policy: bool = False
-    distributed: bool = False
+    # True, False, or a function of nothing (the launch) deciding it
+    distributed: bool | Callable[[], bool] = False
+
+    def in_all_processes(self) -> bool:
+        return self.distributed() if callable(self.distributed) else self.distributed
 
 
 # Offline methods read the pairs; PPO, RLOO and Best-of-N the learned reward model r_phi (trained on those pairs);
@@ -70,9 +74,10 @@ METHODS = {
     "preferred_ft": Method(likelihood.run_preferred_ft, OFFLINE_INPUTS, distributed=True),
     "unlikelihood": Method(likelihood.run_unlikelihood, OFFLINE_INPUTS, distributed=True),
     "bon": Method(best_of_n.run, ("data", "sft", "reward_model"), on_policy=True),
-    # Our own PPO loop is single-process: under a multi-process launch it runs in the main process.
-    "ppo": Method(ppo.run, ("data", "sft", "reward_model"), on_policy=True),
-    "ppo_gt": Method(ppo.run, ("data", "sft", "reward"), on_policy=True),
+    # Our own PPO loop trains data-parallel (torch DDP) when the launch keeps whole weights in every process; under
+    # an FSDP or DeepSpeed launch it runs in the main process alone (its sampling needs every weight).
+    "ppo": Method(ppo.run, ("data", "sft", "reward_model"), on_policy=True, distributed=distributed.replicates_weights),
+    "ppo_gt": Method(ppo.run, ("data", "sft", "reward"), on_policy=True, distributed=distributed.replicates_weights),
     "rloo": Method(rloo.run, ("data", "sft", "reward_model"), on_policy=True, distributed=True),
     "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True, distributed=True),
     # The SFT policy as a baseline (prompt-response tasks; in dialogue it is the Preferred-FT reference).
@@ -132,7 +137,7 @@ STAGES = {s.name: s for s in [
     Stage("train", _train, lambda c: (ON_POLICY_KEYS + (("task.winrate",) if is_text_task(c) and c.method.name == "bon"
                                                         else ())) if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
           lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method),
-          distributed=lambda c: METHODS[c.method.name].distributed),
+          distributed=lambda c: METHODS[c.method.name].in_all_processes()),
     Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
     # Keyed by the judge's identity (not its concurrency or retry settings), so a rerun with other limits resumes.

@@ -19,7 +19,7 @@ from trl import SFTConfig, SFTTrainer
 
 from pipelines.common import UserError, trainer_precision
 from pipelines.data import load_split
-from pipelines.distributed import is_main, save_trained
+from pipelines.distributed import is_main, per_process, save_trained
 from pipelines.lm_head import apply_to_trainer
 from pipelines.models import build_policy, context_length, load_tokenizer
 from pipelines.text_task import is_text_task, sft_examples
@@ -68,7 +68,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
              sum(p.numel() for p in model.parameters()) / 1e6)
     args = SFTConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=s.epochs, learning_rate=s.learning_rate,
-        per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
+        per_device_train_batch_size=per_process(s.batch_size), per_device_eval_batch_size=s.batch_size,
         warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type=s.lr_scheduler,
         max_length=max_length, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
         # TRL defaults both on; neither is wanted on CPU or for small models.

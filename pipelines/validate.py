@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from pipelines import distributed
 from pipelines.common import PRECISIONS, UserError
 from pipelines.vllm_sampling import BACKENDS
 
@@ -130,6 +131,16 @@ def _method(cfg: DictConfig, need) -> None:
     need(s.epochs > 0 and s.learning_rate > 0 and s.batch_size >= 1 and s.block_size >= 2,
          "model.sft needs epochs > 0, learning_rate > 0, batch_size >= 1, block_size >= 2")
     m = cfg.method
+    w = distributed.world_size()
+    if w > 1:  # a configured batch is the global batch of one optimiser step, split over the processes
+        batches = {"model.sft.batch_size": s.batch_size}
+        if cfg.get("reward_model") is not None:
+            batches["reward_model.batch_size"] = cfg.reward_model.batch_size
+        if m.name in OFFLINE or m.name in ("rloo", "rloo_gt"):
+            batches["method.batch_size"] = m.batch_size
+        for key, b in batches.items():
+            need(b % w == 0, f"{key} ({b}) is the global batch of an optimiser step: it must be a multiple of "
+                             f"the {w} processes of the launch")
     if m.name in OFFLINE:
         need(m.learning_rate > 0, f"method.learning_rate must be > 0, got {m.learning_rate}")
         need(m.batch_size >= 1, f"method.batch_size must be >= 1, got {m.batch_size}")
@@ -166,6 +177,10 @@ def _method(cfg: DictConfig, need) -> None:
              f"method.minibatch_size ({m.minibatch_size}) must divide method.batch_size ({m.batch_size})")
         need(1 <= m.micro_batch_size <= m.minibatch_size,
              f"method.micro_batch_size ({m.micro_batch_size}) must be in 1..minibatch_size ({m.minibatch_size})")
+        w = distributed.world_size()
+        if w > 1 and distributed.replicates_weights():  # PPO trains data-parallel: each process a share of both
+            need(m.minibatch_size % w == 0,
+                 f"method.minibatch_size ({m.minibatch_size}) must be a multiple of the {w} processes of the launch")
         need(m.ppo_epochs >= 1, f"method.ppo_epochs must be >= 1, got {m.ppo_epochs}")
         need(m.learning_rate > 0 and m.value_learning_rate > 0, "method.learning_rate and value_learning_rate "
                                                                "must be > 0")

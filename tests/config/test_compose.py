@@ -112,6 +112,27 @@ def test_bad_values_are_refused(override, message):
         validate(compose_cfg(["experiment=sentiment_embedded", *override.split()]))
 
 
+@pytest.mark.parametrize("overrides,launch,message", [
+    (["model.sft.batch_size=33"], {}, "model.sft.batch_size \\(33\\) is the global batch"),
+    (["method=dpo", "method.batch_size=30"], {}, "method.batch_size \\(30\\) is the global batch"),
+    (["method=ppo", "method.minibatch_size=8", "method.micro_batch_size=2"], {"WORLD_SIZE": "8"}, None),
+    (["method=ppo", "method.minibatch_size=2", "method.micro_batch_size=2"], {"WORLD_SIZE": "4"},
+     "minibatch_size \\(2\\) must be a multiple of the 4 processes"),
+    # Under an FSDP launch PPO runs in the main process alone: its minibatch is not split.
+    (["method=ppo", "method.minibatch_size=2", "method.micro_batch_size=2"],
+     {"WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}, None),
+])
+def test_batches_split_over_processes_must_divide(monkeypatch, overrides, launch, message):
+    for k, v in {"WORLD_SIZE": "4", **launch}.items():
+        monkeypatch.setenv(k, v)
+    cfg = compose_cfg(["experiment=sentiment_embedded", *overrides])
+    if message is None:
+        validate(cfg)
+    else:
+        with pytest.raises(UserError, match=message):
+            validate(cfg)
+
+
 def test_all_problems_reported_at_once():
     with pytest.raises(UserError) as err:
         validate(compose_cfg(["method.beta=0", "task.pairs.n_prompts=0"]))

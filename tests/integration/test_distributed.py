@@ -1,7 +1,8 @@
-"""A multi-process launch on CPU (torchrun, 2 processes, gloo): the Trainer stages train data-parallel in both
-processes, everything else runs in the main process, and the bookkeeping is written once. The GPU configs of
+"""A multi-process launch on CPU (torchrun, 2 processes, gloo): the Trainer stages and PPO train data-parallel in
+both processes, everything else runs in the main process, and the bookkeeping is written once. The GPU configs of
 conf/accelerate/ parse, and the Makefile puts `accelerate launch` in front of every pipeline command."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -43,6 +44,11 @@ def two_process_runs(tmp_path_factory):
 def test_trainer_stages_train_in_both_processes(two_process_runs):
     done = two_process_runs["done"]
     assert done["shared/sft"]["metrics"]["world_size"] == 2
+    # The configured batch (8 blocks, conf/model/smoke.yaml) is the global batch: 4 per process, so one epoch
+    # takes as many steps as in a single process (8 per process would halve them).
+    sft = done["shared/sft"]["metrics"]
+    per_process_blocks = math.ceil(sft["train_blocks"] / 2)
+    assert sft["train_blocks"] > 16 and sft["steps"] == math.ceil(per_process_blocks / 4)
     assert done["shared/sft"]["cost"]["processes"] == 2
     assert done["seed0/dpo_beta0.1"]["metrics"]["world_size"] == 2
     assert done["shared/reward_model"]["metrics"]["world_size"] == 2
@@ -52,9 +58,25 @@ def test_trainer_stages_train_in_both_processes(two_process_runs):
         assert (root / folder / "model.safetensors").exists() and not (root / folder / "training_args.bin").exists()
 
 
+def test_ppo_trains_data_parallel_in_both_processes(two_process_runs):
+    done, root = two_process_runs["done"], two_process_runs["root"]
+    ppo = done["seed0/ppo_kl3"]
+    # Both processes ran the loop on half of each batch; the weights stayed identical (checked at the end of the
+    # stage, which raises otherwise), and the main process alone wrote the policy, snapshots and metrics.
+    assert ppo["cost"]["processes"] == 2 and ppo["metrics"]["world_size"] == 2
+    assert (root / "seed0/ppo_kl3/policy/model.safetensors").exists()
+    rows = [json.loads(x) for x in (root / "seed0/ppo_kl3/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))  # one row per step: written once
+    log = two_process_runs["ppo"].stdout + two_process_runs["ppo"].stderr
+    assert log.count("ppo: score normalisation from") == 2  # each process fits it on its share, same numbers
+    norms = {line.split("ppo: score normalisation from", 1)[1].strip() for line in log.splitlines()
+             if "ppo: score normalisation from" in line}
+    assert len(norms) == 1, norms
+
+
 def test_other_stages_run_in_the_main_process_only(two_process_runs):
     done = two_process_runs["done"]
-    for stage in ("shared/pairs", "seed0/dpo_beta0.1/eval", "seed0/ppo_kl3"):
+    for stage in ("shared/pairs", "seed0/dpo_beta0.1/eval", "seed0/ppo_kl3/eval"):
         assert done[stage]["cost"]["processes"] == 1, stage
     log = two_process_runs["dpo"].stdout + two_process_runs["dpo"].stderr
     # The main process prepares and announces every stage once; the other follows its decisions.

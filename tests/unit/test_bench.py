@@ -57,3 +57,29 @@ def test_end_to_end_record_has_phases_and_keeps_earlier_measurements(tmp_path):
     text = next(out.glob("*.md")).read_text()
     assert "**31.0 min**" in text and "10.0 min; the parallel method jobs (and r_phi) after them: 21.0 min" in text
     assert "| `aaaaaaaaaa` | 2026-12-01T09:31:00+00:00 | 50.0 |" in text
+
+
+def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    monkeypatch.setenv("RVD_RUNS", str(runs))
+    import pytest
+    with pytest.raises(SystemExit, match="make bench-e2e"):  # nothing to continue
+        bench.main(["--seeds", "--out", str(out)])
+    bench.write_e2e(out, {"command": "make reproduce-sentiment", "seconds": 1500.0, "git_sha": "c" * 40,
+                          "finished_at": "2026-12-01T10:00:00+00:00", "machine": "Machine: test.",
+                          "stage_seconds": {"sft": 280.0}, "phase_seconds": {}})
+    (runs / "sentiment" / "embedded" / "seed0" / "dpo_beta0.1").mkdir(parents=True)
+    (runs / "sentiment" / "embedded" / "seed0" / "dpo_beta0.1" / "done.json").write_text("{}")
+    from types import SimpleNamespace
+    calls, clock = [], iter([100.0, 1300.0])
+    monkeypatch.setattr(bench, "subprocess", SimpleNamespace(run=lambda cmd, check: calls.append(cmd)))
+    monkeypatch.setattr(bench, "time", SimpleNamespace(time=lambda: next(clock)))
+    monkeypatch.setattr(bench, "git_sha", lambda: "d" * 40)
+    bench.main(["--seeds", "--out", str(out), "--make-args", "JOBS=2"])
+    assert calls == [["make", "reproduce-sentiment-seeds", "JOBS=2"]]
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert record["seconds"] == 1500.0 and record["history"] == []  # the e2e measurement itself is unchanged
+    assert record["multi_seed"]["seconds"] == 1200.0 and record["multi_seed"]["total_seconds"] == 2700.0
+    text = next(out.glob("*.md")).read_text()
+    assert "**25.0 min** from an empty runs folder" in text and "took 20.0 min more" in text
+    assert "**45.0 min** for the three-seed frontier" in text

@@ -167,3 +167,14 @@ def test_dpo_and_sft_train_the_same_with_dense_logits(tmp_path):
         fused, dense = _train(make, False), _train(make, True)
         assert len(fused) == 4 and fused[0] != fused[-1]
         assert dense == pytest.approx(fused, rel=1e-4), make.__name__
+
+
+def test_entropy_is_exact_and_stays_fp32_under_autocast():
+    from pipelines.lm_head import entropy
+
+    log_p = torch.log_softmax(torch.randn(4, 7, 300, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    expected = -(log_p.exp() * log_p).sum(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = entropy(log_p)
+    assert got.dtype == torch.float32 and got.shape == (4, 7)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

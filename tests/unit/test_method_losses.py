@@ -92,6 +92,27 @@ def test_unlikelihood_loss_on_hand_made_probabilities():
     assert logits.grad[1, 0, 0] > 0 and logits.grad[0, 0, 1] < 0
 
 
+def test_unlikelihood_trainer_loss_equals_the_loss_on_full_logits(tiny):
+    # The trainer scores only the completion positions (pipelines/lm_head.py); same loss as on (B, T, V) logits.
+    from transformers import TrainingArguments
+
+    from pipelines.likelihood import UnlikelihoodTrainer
+    tok, _, _, tmp = tiny
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
+    rows = [EXAMPLE, {"prompt_ids": [4, 5], "chosen_ids": [9, 9, 10, 0], "rejected_ids": [13, 0]}]
+    args = TrainingArguments(output_dir=str(tmp.mktemp("ul")), report_to=[], remove_unused_columns=False,
+                             per_device_train_batch_size=2)
+    trainer = UnlikelihoodTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), alpha=0.5,
+                                  pad_id=0)
+    batch = trainer._collate(rows)
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected, _ = unlikelihood_loss(logits, batch["labels"], batch["negative"], 0.5)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5) and loss.requires_grad
+
+
 def test_preferred_ft_trains_on_the_chosen_tokens_only_and_verbatim(tiny):
     tok, policy, _, tmp = tiny
     assert completion_labels([5, 6], [7, 0]) == [IGNORE, IGNORE, 7, 0]
