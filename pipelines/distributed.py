@@ -4,11 +4,12 @@ Every process runs the same pipeline. The Trainer stages (SFT, the reward model,
 Preferred-FT, Unlikelihood and RLOO) run in all processes at once: the Trainer splits each batch across them. Our PPO
 loop does too when the launch keeps whole weights in every process (`Replicas`: torch DDP, each process its share of
 the batch), and runs in the main process alone under FSDP or DeepSpeed launches. Every other stage (data, r*,
-pairs, evaluation, win rates, Best-of-N) runs in the main process alone while the others wait. The main process owns the bookkeeping: it takes the stage's file lock, decides skip / run / refuse, and writes
+pairs, evaluation, win rates, Best-of-N) runs in the main process alone while the others wait. The main process
+owns the bookkeeping: it takes the stage's file lock, decides skip / run / refuse, and writes
 stage_config.json and done.json; the decision reaches the others as one broadcast integer.
 
 The process group is opened here, before any Trainer, with a long timeout: a process waiting for a long main-only
-stage (PPO runs for hours at paper scale) must not be killed by the collective's default 30-minute watchdog. The
+stage (Best-of-N, or PPO under an FSDP launch, runs for hours at paper scale) must not be killed by the collective's default 30-minute watchdog. The
 Trainer then finds the group initialised and uses it. If one process fails, the launcher stops the others.
 """
 from __future__ import annotations

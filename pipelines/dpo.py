@@ -97,7 +97,8 @@ def training_args(cfg: DictConfig, out_dir: Path) -> dict:
     return dict(
         output_dir=str(out_dir / "trainer"), learning_rate=m.learning_rate, optim=m.optimizer,
         lr_scheduler_type="constant_with_warmup", warmup_steps=m.warmup_steps,
-        per_device_train_batch_size=per_process(m.batch_size), gradient_accumulation_steps=m.gradient_accumulation_steps,
+        per_device_train_batch_size=per_process(m.batch_size),
+        gradient_accumulation_steps=m.gradient_accumulation_steps,
         num_train_epochs=m.epochs, max_steps=m.max_steps, logging_steps=10, save_steps=m.save_steps,
         save_total_limit=1, **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
         report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"), seed=cfg.seed,
