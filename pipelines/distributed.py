@@ -10,7 +10,8 @@ stage_config.json and done.json; the decision reaches the others as one broadcas
 
 The process group is opened here, before any Trainer, with a long timeout: a process waiting for a long main-only
 stage (Best-of-N, or PPO under an FSDP launch, runs for hours at paper scale) must not be killed by the collective's
-default 30-minute watchdog. The Trainer then finds the group initialised and uses it. If one process fails, the launcher stops the others.
+default 30-minute watchdog. The Trainer then finds the group initialised and uses it. If one process fails, the
+launcher stops the others.
 """
 from __future__ import annotations
 
