@@ -100,14 +100,18 @@ def end_to_end(out: Path, make_args: list[str]) -> None:
     if runs.exists() and any(runs.iterdir()):
         raise SystemExit(f"the end-to-end benchmark starts from an empty {runs}/: move it aside (or set RVD_RUNS to "
                          "an empty folder) and rerun")
-    command = ["make", "reproduce-sentiment", *make_args]
-    sha, start = git_sha(), time.time()
-    subprocess.run(command, check=True)
-    seconds = time.time() - start
-    record = {"command": shlex.join(command), "seconds": round(seconds, 1), "git_sha": sha,
-              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    start = time.time()
+    record = {**_timed_make(["make", "reproduce-sentiment", *make_args]), "machine": machine(),
               **stage_times(runs, start)}
     write_e2e(out, record)
+
+
+def _timed_make(command: list[str]) -> dict:
+    """Run a make command (failing loudly); its command line, wall seconds, commit and finish time."""
+    sha, start = git_sha(), time.time()
+    subprocess.run(command, check=True)
+    return {"command": shlex.join(command), "seconds": round(time.time() - start, 1), "git_sha": sha,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def stage_times(runs: Path, start: float) -> dict:
@@ -135,13 +139,8 @@ def multi_seed(out: Path, make_args: list[str]) -> None:
         raise SystemExit(f"the multi-seed benchmark continues an end-to-end run: `make bench-e2e` first (it needs "
                          f"{path} and the seed-0 runs under {runs})")
     record = json.loads(path.read_text())
-    command = ["make", "reproduce-sentiment-seeds", *make_args]
-    sha, start = git_sha(), time.time()
-    subprocess.run(command, check=True)
-    seconds = time.time() - start
-    record["multi_seed"] = {"command": shlex.join(command), "seconds": round(seconds, 1), "git_sha": sha,
-                            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                            "total_seconds": round(record["seconds"] + seconds, 1)}
+    timed = _timed_make(["make", "reproduce-sentiment-seeds", *make_args])
+    record["multi_seed"] = {**timed, "total_seconds": round(record["seconds"] + timed["seconds"], 1)}
     _save_e2e(path, record)
 
 

@@ -177,7 +177,6 @@ def _method(cfg: DictConfig, need) -> None:
              f"method.minibatch_size ({m.minibatch_size}) must divide method.batch_size ({m.batch_size})")
         need(1 <= m.micro_batch_size <= m.minibatch_size,
              f"method.micro_batch_size ({m.micro_batch_size}) must be in 1..minibatch_size ({m.minibatch_size})")
-        w = distributed.world_size()
         if w > 1 and distributed.replicates_weights():  # PPO trains data-parallel: each process a share of both
             need(m.minibatch_size % w == 0,
                  f"method.minibatch_size ({m.minibatch_size}) must be a multiple of the {w} processes of the launch")
