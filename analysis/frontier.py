@@ -563,21 +563,33 @@ def preset_changes(before_dir: Path, df: pd.DataFrame) -> list[str]:
     for col in NUMERIC:
         if col in before:
             before[col] = pd.to_numeric(before[col], errors="coerce")
-    old, new = seed_table(before).set_index(["method", "kl"]), seed_table(df).set_index(["method", "kl"])
+    # Like for like: "after" on the seeds the before run has too (a one-seed before against a three-seed mean would
+    # mix a preset's effect with seed noise); the mean over every seed of this run stands beside it when it has more.
+    same = df[df.seed.isin(set(before.seed.dropna())) | (df.method == "sft")]
+    old, new = (seed_table(d).set_index(["method", "kl"]) for d in (before, same))
+    every = seed_table(df).set_index(["method", "kl"])
+    more = set(df.seed.dropna()) - set(before.seed.dropna())
+    seeds = ", ".join(f"{s:g}" for s in sorted(set(before.seed.dropna())))
     lines = ["## Preset changes since the previous committed run, and their effect on the frontier", "",
              notes.read_text().strip(), "",
-             f"Before: `{csv}` (that run's frontier.csv). Mean interpolated r* at matched KL (as above; one seed each "
-             "unless stated), after − before; — where a run does not reach that KL.", "",
-             "| method | KL | before | after | after − before |", "|---|---|---|---|---|"]
+             f"Before: `{csv}` (that run's frontier.csv). Mean interpolated r* at matched KL (as above) on the seeds "
+             f"both runs have (seed {seeds}), after − before; — where a run does not reach that KL."
+             + (" The last column is this run's mean over all its seeds (± 95 % interval, seed count)." if more else ""),
+             "", "| method | KL | before | after | after − before |" + (" after, all seeds |" if more else ""),
+             "|---|---|---|---|---|" + ("---|" if more else "")]
     sft_b, sft_a = before[before.method == "sft"], df[df.method == "sft"]
     if len(sft_b) and len(sft_a):
         b, a = float(sft_b.reward.iloc[0]), float(sft_a.reward.iloc[0])
-        lines.append(f"| SFT | 0 | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
+        lines.append(f"| SFT | 0 | {b:.3f} | {a:.3f} | {a - b:+.3f} |" + (f" {a:.3f} |" if more else ""))
     for method, budget in new.index:
         a = new.loc[(method, budget), "mean"]
         b = old.loc[(method, budget), "mean"] if (method, budget) in old.index else float("nan")
         diff = f"{a - b:+.3f}" if not (np.isnan(a) or np.isnan(b)) else "—"
-        lines.append(f"| {NAMES.get(method, method)} | {budget:g} | {_fmt(b) or '—'} | {_fmt(a) or '—'} | {diff} |")
+        row = f"| {NAMES.get(method, method)} | {budget:g} | {_fmt(b) or '—'} | {_fmt(a) or '—'} | {diff} |"
+        if more:
+            e = every.loc[(method, budget)]
+            row += f" {_cell(e) or '—'} |"
+        lines.append(row)
     return lines + [""]
 
 

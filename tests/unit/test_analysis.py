@@ -263,3 +263,24 @@ def test_preset_changes_compare_matched_kl_reward_before_and_after(tmp_path):
     # after (table()): front (0, .50) (1, .55) (2, .60) (6, .70)
     assert "| DPO | 1 | 0.475 | 0.550 | +0.075 |" in text and "| DPO | 2 | 0.500 | 0.600 | +0.100 |" in text
     assert "| DPO | 5 | — | 0.675 | — |" in text
+
+
+def test_preset_changes_compare_on_the_seeds_both_runs_have(tmp_path):
+    """A one-seed before against a three-seed run: the difference is taken on seed 0 alone, the all-seed mean beside."""
+    from analysis.frontier import preset_changes
+
+    before = tmp_path / "before"
+    before.mkdir()
+    old = seeds_table()
+    old = old[(old.method == "sft") | ((old.method == "dpo") & (old.seed == 0))].assign(
+        reward=lambda d: d.reward.where(d.method == "sft", 0.55))  # DPO seed 0 before: (2, .55), (3, .55)
+    old.to_csv(before / "frontier.csv", index=False)
+    (before / "changes.md").write_text("- smaller policy\n")
+    text = "\n".join(preset_changes(before, seeds_table()))
+    assert "on the seeds both runs have (seed 0)" in text and "| after, all seeds |" in text
+    # seed 0 after: front (0, .50) (2, .60): KL 2 reads .60 (before .55); all seeds at KL 2: .60, .70, .80
+    half = 4.302653 * 0.1 / 3 ** 0.5  # t_{0.975, 2} * sd / sqrt(3)
+    assert f"| DPO | 2 | 0.550 | 0.600 | +0.050 | 0.700 ± {half:.3f} (3) |" in text
+    assert "| SFT | 0 | 0.500 | 0.500 | +0.000 | 0.500 |" in text
+    # PPO has no before rows: its seed-0 value still shows, with no difference
+    assert "| PPO | 1 | — | 0.520 | — | 0.520 (1) |" in text
