@@ -184,7 +184,57 @@ def _save_e2e(path: Path, record: dict) -> None:
                   "| git SHA | finished | minutes |", "|---|---|---|"]
         lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} |" for h in history]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_index(path.parent)
     print("\n".join(lines))
+
+
+TARGET_MIN = 30  # the default `make reproduce-sentiment` on the 2-core CPU (issue 7)
+
+
+def write_index(out: Path) -> Path:
+    """`<out>.md` (results/bench.md): every record under `out` on one page, rebuilt from the json files after each
+    benchmark: the end-to-end times against the 30-minute target, then the step timings, one column per device."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    e2e = {k: r for k, r in records.items() if "command" in r}
+    steps = {k: r for k, r in records.items() if "results" in r}
+    lines = ["# Benchmarks", "", f"Rebuilt from the records in `{out.name}/` by every `make bench`, `make bench-e2e` and "
+             "`make bench-e2e-seeds` (each record's own page has its machine, commit and history).", "",
+             "## End to end", "", f"Target: the default `make reproduce-sentiment` (every method, one seed, evaluation "
+             f"and plots) in at most {TARGET_MIN} minutes on the 2-core CPU, from an empty runs folder.", ""]
+    if e2e:
+        lines += ["| record | one seed (min) | target | three seeds (min) | commit | finished | machine |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, r in e2e.items():
+            ms, cpu = r.get("multi_seed"), k == "e2e-cpu-2cores"  # the machine the target is set for
+            met = ("met" if r["seconds"] <= TARGET_MIN * 60 else "missed") if cpu else ""
+            three = f"{ms['total_seconds'] / 60:.1f}" if ms else "not measured"
+            lines.append(f"| [{k}]({out.name}/{k}.md) | **{r['seconds'] / 60:.1f}** | {met} | {three} | "
+                         f"`{r['git_sha'][:10]}` | {r['finished_at']} | {r['machine'].removeprefix('Machine: ')} |")
+    else:
+        lines.append("No end-to-end record yet: `make bench-e2e` (about half an hour on an idle 2-core machine).")
+    lines += ["", "## Steps", ""]
+    if steps:
+        names = list(dict.fromkeys(n for r in steps.values() for n in r["results"]))
+        lines += ["Median seconds per operation (tokens / s in brackets) at each record's model shape:", "",
+                  "| operation | " + " | ".join(f"[{k}]({out.name}/{k}.md)" for k in steps) + " |",
+                  "|---|" + "---|" * len(steps)]
+        for n in names:
+            cells = []
+            for r in steps.values():
+                x = r["results"].get(n)
+                rate = f" ({x['tokens'] / x['median_s']:.0f})" if x and x.get("tokens") else ""
+                cells.append(f"{x['median_s']}{rate}" if x else "")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines += ["", "Models: " + "; ".join(f"{k}: GPT-2 {r['model'].get('n_layer')}x{r['model'].get('n_embd')}, "
+                                             f"{r['n_params'] / 1e6:.2f}M parameters" for k, r in steps.items()) + "."]
+    else:
+        lines.append("No step record yet: `make bench`.")
+    if all(k.startswith("cpu-") for k in steps):
+        lines += ["", "No GPU record yet: `make bench` on a CUDA machine adds one (a column here and "
+                  f"`{out.name}/<GPU name>.md`)."]
+    path = out.with_suffix(".md")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -333,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = f"{n / r['median_s']:.0f}" if n else ""
         lines.append(f"| {name} | {r['median_s']} (median of {r['repeats']}) | {n or ''} | {rate} |")
     (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
+    write_index(out)
     print("\n".join(lines))
 
 

@@ -5,9 +5,10 @@ from pipelines import bench
 
 
 def test_bench_writes_its_record(tmp_path):
-    bench.main(["--out", str(tmp_path), "--repeats", "1", "--eval-prefixes", "16"])
-    records = list(tmp_path.glob("*.json"))
-    assert len(records) == 1 and list(tmp_path.glob("*.md"))
+    out = tmp_path / "bench"
+    bench.main(["--out", str(out), "--repeats", "1", "--eval-prefixes", "16"])
+    records = list(out.glob("*.json"))
+    assert len(records) == 1 and list(out.glob("*.md"))
     results = json.loads(records[0].read_text())["results"]
     assert {"dpo_step_32_pairs", "dpo_step_32_pairs_stored_ref_logps", "sft_step_32x128",
             "ppo_step_64_rollouts_2_epochs", "evaluate_checkpoint_16_prefixes"} <= set(results)
@@ -18,7 +19,10 @@ def test_bench_writes_its_record(tmp_path):
     assert results["sft_step_32x128"]["tokens"] == 32 * 128
     # The preset's dense logits, and TRL's fused head beside them for comparison
     assert "dpo_step_32_pairs_stored_ref_logps_trl_fused_head" in results
-    assert "tokens / s" in next(tmp_path.glob("*.md")).read_text()
+    assert "tokens / s" in next(out.glob("*.md")).read_text()
+    index = (tmp_path / "bench.md").read_text()  # the one-page index beside the folder
+    assert f"| sft_step_32x128 | {results['sft_step_32x128']['median_s']} (" in index
+    assert "No end-to-end record yet" in index
 
 
 def test_end_to_end_refuses_a_runs_folder_that_is_not_empty(tmp_path, monkeypatch):
@@ -83,3 +87,28 @@ def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
     text = next(out.glob("*.md")).read_text()
     assert "**25.0 min** from an empty runs folder" in text and "took 20.0 min more" in text
     assert "**45.0 min** for the three-seed frontier" in text
+
+
+def test_index_puts_every_record_on_one_page_against_the_target(tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    run = {"command": "make reproduce-sentiment", "git_sha": "e" * 40, "finished_at": "2026-12-01T10:00:00+00:00",
+           "machine": "Machine: 2 cores (test), 24 GiB.", "stage_seconds": {}, "phase_seconds": {}}
+    (out / "e2e-cpu-2cores.json").write_text(json.dumps({**run, "seconds": 1548.0, "multi_seed": {
+        "command": "make reproduce-sentiment-seeds", "seconds": 2382.0, "git_sha": "f" * 40,
+        "finished_at": "2026-12-01T11:00:00+00:00", "total_seconds": 3930.0}}))
+    (out / "e2e-cpu-16cores.json").write_text(json.dumps({**run, "seconds": 1900.0}))  # not the target's machine
+    step = {"model": {"n_layer": 3, "n_embd": 128}, "n_params": 873600, "results": {
+        "dpo_step_32_pairs": {"median_s": 0.5, "repeats": 5, "tokens": 2000}, "ppo_step": {"median_s": 2.0}}}
+    (out / "cpu-2threads.json").write_text(json.dumps(step))
+    text = bench.write_index(out).read_text()
+    assert "| [e2e-cpu-2cores](bench/e2e-cpu-2cores.md) | **25.8** | met | 65.5 | `eeeeeeeeee` |" in text
+    assert "| [e2e-cpu-16cores](bench/e2e-cpu-16cores.md) | **31.7** |  | not measured |" in text
+    assert "| dpo_step_32_pairs | 0.5 (4000) |" in text and "| ppo_step | 2.0 |" in text
+    assert "GPT-2 3x128, 0.87M parameters" in text and "No GPU record yet" in text
+    (out / "e2e-cpu-2cores.json").write_text(json.dumps({**run, "seconds": 1860.0}))
+    assert "| **31.0** | missed | not measured |" in bench.write_index(out).read_text()
+    step_gpu = {**step, "results": {"dpo_step_32_pairs": {"median_s": 0.01, "repeats": 5, "tokens": 2000}}}
+    (out / "NVIDIA_H200.json").write_text(json.dumps(step_gpu))
+    text = bench.write_index(out).read_text()
+    assert "No GPU record yet" not in text and "| dpo_step_32_pairs | 0.01 (200000) | 0.5 (4000) |" in text
