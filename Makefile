@@ -46,6 +46,8 @@ RPHI_METHODS := ppo rloo bon
 # Multi-GPU training of each run: ACCELERATE=ddp, fsdp or deepspeed_zero3 (conf/accelerate/<name>.yaml) launches every
 # pipeline command under `accelerate launch`; empty: one process.
 ACCELERATE ?=
+# Arguments of `make bench`, e.g. another model shape: BENCH_ARGS="--arch n_layer=36 n_embd=1280 n_head=20 --vocab 50257"
+BENCH_ARGS ?=
 RUN = $(if $(ACCELERATE),$(VENV)/bin/accelerate launch --config_file conf/accelerate/$(ACCELERATE).yaml -m pipelines.run,$(PY) -m pipelines.run)
 # Where the parallel jobs write their logs (one file per method).
 LOGS = $${RVD_RUNS:-runs}/logs/$(EXPERIMENT)
@@ -134,7 +136,7 @@ test-all: $(VENV)/.installed ## every test, slow ones included
 	$(PY) -m pytest -q -m ''
 
 bench: $(VENV)/.installed ## time sampling, log-probs, SFT, DPO and PPO steps, evaluation (idle machine); writes results/bench/
-	$(PY) -m pipelines.bench
+	$(PY) -m pipelines.bench $(BENCH_ARGS)
 
 bench-e2e: $(VENV)/.installed ## time make reproduce-sentiment from an empty runs/ (idle machine); writes results/bench/e2e-*
 	$(PY) -m pipelines.bench --e2e --make-args "$(BENCH_MAKE_ARGS)"

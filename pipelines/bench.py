@@ -20,6 +20,7 @@ import platform
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T
 from trl import DPOConfig
 
 from pipelines.common import git_sha, trainer_precision, use_bf16, versions
+from pipelines.cost import meter, track
 from pipelines.dpo import SampledTokenDPOTrainer
 from pipelines.lm_head import apply_to_trainer
 from pipelines.sampling import sample_completions, sequence_logprobs
@@ -57,13 +59,43 @@ def _summary(times: list[float]) -> dict:
 
 
 def _timed(fn, repeats: int) -> dict:
+    """Median wall time of `fn` after one warm-up call, and the FLOPs of one call as the stages' cost meter counts
+    them (pipelines/cost.py: 6N per trained, 2N per forward token position of the metered models)."""
     fn()  # warm-up
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return _summary(times)
+    with track() as cost:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return _with_flops(_summary(times), cost.flops / repeats)
+
+
+def _trained(trainer, timer: "_StepTimer", skip: int) -> dict:
+    """A Trainer's step times (the first `skip` warm up) and the FLOPs of one step (every step has the same shape)."""
+    with track() as cost:
+        trainer.train()
+    return _with_flops(_summary(timer.times[skip:]), cost.flops / max(1, trainer.state.global_step))
+
+
+def _with_flops(result: dict, flops: float) -> dict:
+    if flops > 0:
+        result["flops"] = float(f"{flops:.4g}")
+        result["tflops_per_s"] = round(flops / result["median_s"] / 1e12, 4)
+    return result
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) for the model-FLOPs utilisation of GPU records; another GPU:
+# RVD_PEAK_TFLOPS. Datasheet numbers (SXM parts where there are two).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0,
+                    "RTX 4090": 165.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The bf16 peak of a CUDA device by name (or RVD_PEAK_TFLOPS); None where unknown (CPUs among them)."""
+    if os.environ.get("RVD_PEAK_TFLOPS"):
+        return float(os.environ["RVD_PEAK_TFLOPS"])
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
 
 
 def _suffix(precision: str) -> str:
@@ -215,18 +247,20 @@ def write_index(out: Path) -> Path:
     lines += ["", "## Steps", ""]
     if steps:
         names = list(dict.fromkeys(n for r in steps.values() for n in r["results"]))
-        lines += ["Median seconds per operation (tokens / s in brackets) at each record's model shape:", "",
+        lines += ["Median seconds per operation (tokens / s and, on GPUs, model-FLOPs utilisation in brackets) at each "
+                  "record's model shape:", "",
                   "| operation | " + " | ".join(f"[{k}]({out.name}/{k}.md)" for k in steps) + " |",
                   "|---|" + "---|" * len(steps)]
         for n in names:
             cells = []
             for r in steps.values():
                 x = r["results"].get(n)
-                rate = f" ({x['tokens'] / x['median_s']:.0f})" if x and x.get("tokens") else ""
-                cells.append(f"{x['median_s']}{rate}" if x else "")
+                rate = [f"{x['tokens'] / x['median_s']:.0f}"] if x and x.get("tokens") else []
+                rate += [f"MFU {100 * x['mfu']:.1f} %"] if x and "mfu" in x else []
+                cells.append(f"{x['median_s']}" + (f" ({', '.join(rate)})" if rate else "") if x else "")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines += ["", "Models: " + "; ".join(f"{k}: GPT-2 {r['model'].get('n_layer')}x{r['model'].get('n_embd')}, "
-                                             f"{r['n_params'] / 1e6:.2f}M parameters" for k, r in steps.items()) + "."]
+                                             f"vocab {r.get('vocab')}, {r['n_params'] / 1e6:.2f}M parameters" for k, r in steps.items()) + "."]
     else:
         lines.append("No step record yet: `make bench`.")
     if all(k.startswith("cpu-") for k in steps):
@@ -247,6 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", action="store_true",
                     help="time make reproduce-sentiment-seeds on top of a finished --e2e run instead")
     ap.add_argument("--make-args", default="", help="extra make arguments for --e2e and --seeds, e.g. 'JOBS=2'")
+    ap.add_argument("--arch", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="another GPT-2 shape (random weights), e.g. the gpt2-large one on a GPU: n_layer=36 "
+                         "n_embd=1280 n_head=20 n_positions=1024; with --vocab 50257")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the preset's)")
     args = ap.parse_args(argv)
     if args.e2e or args.seeds:
         (multi_seed if args.seeds else end_to_end)(Path(args.out), shlex.split(args.make_args))
@@ -255,7 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     preset = OmegaConf.load(CONF / "experiment" / "sentiment_embedded.yaml")
     model_cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "tiny.yaml"), preset.get("model", {}))
     task_cfg = OmegaConf.merge(OmegaConf.load(CONF / "task" / "sentiment.yaml"), preset.get("task", {}))
-    a, vocab = model_cfg.arch, model_cfg.tokenizer.vocab_size
+    a = OmegaConf.merge(model_cfg.arch, OmegaConf.from_dotlist(args.arch))
+    vocab = args.vocab or model_cfg.tokenizer.vocab_size
+    preset_shape = not args.arch and not args.vocab
     new_tokens, batch = task_cfg.generation.max_new_tokens, task_cfg.generation.batch_size
     torch.manual_seed(0)
     attn = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
@@ -265,7 +305,11 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Training steps in fp32 and, where the preset trains in bf16 on this device, in bf16 mixed precision too.
     precisions = ["fp32"] + (["bf16"] if use_bf16(model_cfg.precision, device) else [])
-    policy = GPT2LMHeadModel(config).to(device).eval()
+
+    def gpt2() -> GPT2LMHeadModel:  # metered, so each timed call also reports its FLOPs
+        return meter(GPT2LMHeadModel(config))
+
+    policy = gpt2().to(device).eval()
     prompts = [[int(x) for x in torch.randint(1, vocab, (5,))] for _ in range(batch)]
     # Never sample EOS so every completion has the full length (random weights would stop at random places).
     with torch.no_grad():
@@ -280,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     # One SFT step (plain causal-LM loss, AdamW) on a batch of the SFT shape.
     sft = model_cfg.sft
-    train_model = GPT2LMHeadModel(config).to(device).train()
+    train_model = gpt2().to(device).train()
     opt = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
     blocks = torch.randint(0, vocab, (sft.batch_size, sft.block_size), device=device)
 
@@ -303,13 +347,11 @@ def main(argv: list[str] | None = None) -> None:
                           learning_rate=1e-4, optim="rmsprop", report_to=[], gradient_checkpointing=False,
                           logging_steps=1000, save_strategy="no", disable_tqdm=True,
                           dataloader_pin_memory=torch.cuda.is_available())
-        trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=GPT2LMHeadModel(config),
+        trainer = SampledTokenDPOTrainer(model=gpt2(), ref_model=gpt2(),
                                          args=DPOConfig(**dpo_kwargs, bf16=False), train_dataset=pairs, processing_class=_tokenizer(vocab),
                                          callbacks=[timer := _StepTimer()])
         apply_to_trainer(trainer, model_cfg.dense_logits)
-        trainer.train()
-        step_times = timer.times[1:]  # the first step warms up
-        results["dpo_step_32_pairs"] = _summary(step_times)
+        results["dpo_step_32_pairs"] = _trained(trainer, timer, skip=1)  # the first step warms up
         # The same steps reading the reference log-probs stored by the pairs stage (no reference model).
         stored = pairs.add_column("ref_chosen_logps", [-50.0] * n_pairs).add_column("ref_rejected_logps",
                                                                                   [-50.0] * n_pairs)
@@ -319,12 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         for prec in precisions:
             for head, dense in heads:
                 stored_args = DPOConfig(**dpo_kwargs, precompute_ref_log_probs=True, **trainer_precision(prec))
-                trainer = SampledTokenDPOTrainer(model=GPT2LMHeadModel(config), ref_model=None, args=stored_args,
+                trainer = SampledTokenDPOTrainer(model=gpt2(), ref_model=None, args=stored_args,
                                                  train_dataset=stored, processing_class=_tokenizer(vocab),
                                                  callbacks=[timer := _StepTimer()])
                 apply_to_trainer(trainer, dense)
-                trainer.train()
-                results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}{head}"] = _summary(timer.times[1:])
+                results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}{head}"] = _trained(trainer, timer, skip=1)
     # One PPO step with the embedded preset's PPO settings (rollout, scoring, all PPO epochs); a cheap stand-in
     # scorer, so the number is PPO's own cost (add the reward model's forward for method=ppo).
     from baselines.ppo import PPO, ValueModel
@@ -333,11 +374,11 @@ def main(argv: list[str] | None = None) -> None:
                               OmegaConf.load(CONF / "method_preset" / "sentiment_embedded" / "ppo.yaml").method)
     for prec in precisions:
         torch.manual_seed(0)
-        ppo_policy = GPT2LMHeadModel(config).to(device)
+        ppo_policy = gpt2().to(device)
         with torch.no_grad():
             ppo_policy.lm_head.weight[0].zero_()
-        value_model = ValueModel(GPT2LMHeadModel(config).transformer).to(device)
-        ppo = PPO(ppo_policy, GPT2LMHeadModel(config).to(device), value_model,
+        value_model = meter(ValueModel(GPT2LMHeadModel(config).transformer)).to(device)
+        ppo = PPO(ppo_policy, gpt2().to(device), value_model,
                   lambda p, c: [len(x) / new_tokens for x in c], ppo_cfg, eos_id=0, pad_id=0,
                   max_new_tokens=new_tokens, seed=0, generation_batch_size=batch, bf16=prec == "bf16")
         ppo_prompts = [prompts[i % batch] for i in range(ppo_cfg.batch_size)]
@@ -365,23 +406,34 @@ def main(argv: list[str] | None = None) -> None:
     for name, n in tokens.items():
         results[name]["tokens"] = n
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"cpu-{torch.get_num_threads()}threads"
+    peak = peak_tflops(device_name) if device == "cuda" else None
+    for name, r in results.items():  # model-FLOPs utilisation against the bf16 peak, of the bf16 steps
+        if peak and name.endswith(("_bf16", "_bf16_trl_fused_head")) and "tflops_per_s" in r:
+            r["mfu"] = round(r["tflops_per_s"] / peak, 4)
     record = {"device": device_name, "machine": platform.machine(), "processor": platform.processor(),
-              "model": OmegaConf.to_container(a), "vocab": vocab,
+              "model": OmegaConf.to_container(a), "vocab": vocab, "peak_bf16_tflops": peak,
               "n_params": sum(p.numel() for p in policy.parameters()), "versions": versions(), "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = device_name.replace(" ", "_")
+    slug = device_name.replace(" ", "_") + ("" if preset_shape else f"-{a.n_layer}x{a.n_embd}-v{vocab}")
     (out / f"{slug}.json").write_text(json.dumps(record, indent=2) + "\n")
+    shape = "the embedded default's shape" if preset_shape else "shape set by --arch/--vocab"
+    command = shlex.join(["python", "-m", "pipelines.bench", *(sys.argv[1:] if argv is None else argv)]) \
+        if not preset_shape else "make bench"
     lines = [f"# Benchmarks on {device_name}", "", f"Model: GPT-2 {a.n_layer}x{a.n_embd}, vocab {vocab}, "
-             f"{record['n_params'] / 1e6:.2f}M parameters (the embedded default's shape, random weights). "
-             f"Command: `make bench`. {machine()}", "",
+             f"{record['n_params'] / 1e6:.2f}M parameters ({shape}, random weights). "
+             f"Command: `{command}`. {machine()}", "",
              "Tokens: generated (sampling, evaluation), or token positions through the model (log-probs, training "
-             "steps, both sequences of a pair).", "",
-             "| operation | seconds | tokens | tokens / s |", "|---|---|---|---|"]
+             "steps, both sequences of a pair). FLOPs: the stages' cost estimate (6N per trained, 2N per forward "
+             "token position, padding included)" + (f"; MFU against the bf16 peak of {peak:g} TFLOP/s, of the bf16 "
+                                                    "steps." if peak else "."), "",
+             "| operation | seconds | tokens | tokens / s | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         n = r.get("tokens")
         rate = f"{n / r['median_s']:.0f}" if n else ""
-        lines.append(f"| {name} | {r['median_s']} (median of {r['repeats']}) | {n or ''} | {rate} |")
+        mfu = f"{100 * r['mfu']:.1f} %" if "mfu" in r else ""
+        lines.append(f"| {name} | {r['median_s']} (median of {r['repeats']}) | {n or ''} | {rate} | "
+                     f"{r.get('tflops_per_s', '')} | {mfu} |")
     (out / f"{slug}.md").write_text("\n".join(lines) + "\n")
     write_index(out)
     print("\n".join(lines))

@@ -1,6 +1,8 @@
 """The benchmark script runs end to end and writes both of its files (numbers are not asserted: no timed tests)."""
 import json
 
+import pytest
+
 from pipelines import bench
 
 
@@ -17,6 +19,14 @@ def test_bench_writes_its_record(tmp_path):
         assert {"sft_step_32x128_bf16", "dpo_step_32_pairs_stored_ref_logps_bf16",
                 "ppo_step_64_rollouts_2_epochs_bf16"} <= set(results)
     assert results["sft_step_32x128"]["tokens"] == 32 * 128
+    # FLOPs as the stages' cost meter counts them: one SFT step is one trained pass over 32 x 128 positions
+    record = json.loads(records[0].read_text())
+    n = record["n_params"] - record["model"]["n_positions"] * record["model"]["n_embd"]  # no position table
+    assert results["sft_step_32x128"]["flops"] == pytest.approx(6 * n * 32 * 128, rel=1e-3)
+    dpo = results["dpo_step_32_pairs_stored_ref_logps"]  # padded pairs, no reference pass: at least 6N per token
+    assert dpo["flops"] >= 6 * n * dpo["tokens"] * (1 - 1e-3)
+    assert results["dpo_step_32_pairs"]["flops"] > dpo["flops"]  # + the reference model's forward
+    assert record["peak_bf16_tflops"] is None and not any("mfu" in r for r in results.values())  # CPU: no MFU
     # The preset's dense logits, and TRL's fused head beside them for comparison
     assert "dpo_step_32_pairs_stored_ref_logps_trl_fused_head" in results
     assert "tokens / s" in next(out.glob("*.md")).read_text()
@@ -98,17 +108,33 @@ def test_index_puts_every_record_on_one_page_against_the_target(tmp_path):
         "command": "make reproduce-sentiment-seeds", "seconds": 2382.0, "git_sha": "f" * 40,
         "finished_at": "2026-12-01T11:00:00+00:00", "total_seconds": 3930.0}}))
     (out / "e2e-cpu-16cores.json").write_text(json.dumps({**run, "seconds": 1900.0}))  # not the target's machine
-    step = {"model": {"n_layer": 3, "n_embd": 128}, "n_params": 873600, "results": {
+    step = {"model": {"n_layer": 3, "n_embd": 128}, "vocab": 2048, "n_params": 873600, "results": {
         "dpo_step_32_pairs": {"median_s": 0.5, "repeats": 5, "tokens": 2000}, "ppo_step": {"median_s": 2.0}}}
     (out / "cpu-2threads.json").write_text(json.dumps(step))
     text = bench.write_index(out).read_text()
     assert "| [e2e-cpu-2cores](bench/e2e-cpu-2cores.md) | **25.8** | met | 65.5 | `eeeeeeeeee` |" in text
     assert "| [e2e-cpu-16cores](bench/e2e-cpu-16cores.md) | **31.7** |  | not measured |" in text
     assert "| dpo_step_32_pairs | 0.5 (4000) |" in text and "| ppo_step | 2.0 |" in text
-    assert "GPT-2 3x128, 0.87M parameters" in text and "No GPU record yet" in text
+    assert "GPT-2 3x128, vocab 2048, 0.87M parameters" in text and "No GPU record yet" in text
     (out / "e2e-cpu-2cores.json").write_text(json.dumps({**run, "seconds": 1860.0}))
     assert "| **31.0** | missed | not measured |" in bench.write_index(out).read_text()
-    step_gpu = {**step, "results": {"dpo_step_32_pairs": {"median_s": 0.01, "repeats": 5, "tokens": 2000}}}
+    step_gpu = {**step, "results": {"dpo_step_32_pairs": {"median_s": 0.01, "repeats": 5, "tokens": 2000},
+                                    "dpo_step_32_pairs_bf16": {"median_s": 0.005, "tokens": 2000, "mfu": 0.25}}}
     (out / "NVIDIA_H200.json").write_text(json.dumps(step_gpu))
     text = bench.write_index(out).read_text()
     assert "No GPU record yet" not in text and "| dpo_step_32_pairs | 0.01 (200000) | 0.5 (4000) |" in text
+    assert "| dpo_step_32_pairs_bf16 | 0.005 (400000, MFU 25.0 %) |  |" in text
+
+
+def test_another_shape_gets_its_own_record_and_gpus_their_peak(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    bench.main(["--out", str(out), "--repeats", "1", "--eval-prefixes", "4",
+                "--arch", "n_layer=1", "n_embd=32", "n_head=2", "--vocab", "300"])
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert record["model"]["n_layer"] == 1 and record["model"]["n_embd"] == 32 and record["vocab"] == 300
+    page = next(out.glob("*-1x32-v300.md")).read_text()  # beside, not over, the preset-shape record
+    assert "--arch n_layer=1 n_embd=32 n_head=2 --vocab 300" in page and "shape set by --arch" in page
+    assert bench.peak_tflops("NVIDIA H200") == 989.0 and bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bench.peak_tflops("Tesla T4") is None
+    monkeypatch.setenv("RVD_PEAK_TFLOPS", "65")
+    assert bench.peak_tflops("Tesla T4") == 65.0
