@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from pipelines.common import UserError, read_jsonl, trainer_precision
-from pipelines.distributed import is_main, per_process, save_trained
+from pipelines.distributed import is_main, per_process, replicates_weights, save_trained
 from pipelines.lm_head import apply_to_trainer
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
@@ -45,24 +45,33 @@ class SampledTokenDPOTrainer(DPOTrainer):
 
 
 class SnapshotPolicy(TrainerCallback):
-    """Save the policy weights (no optimizer) every `every` steps and at the end: the frontier's checkpoints."""
+    """Save the policy weights (no optimizer) every `every` steps and at the end: the frontier's checkpoints.
+
+    Where every process holds the whole model (one process, DDP) the main one saves it. Under a launch that shards
+    the weights (FSDP, ZeRO-3) a process's model holds only its shard, so every process saves through the Trainer
+    (`trainer`, set by train_and_save), which gathers the full weights and writes them from the main process."""
 
     def __init__(self, folder: Path, every: int, tokenizer):
         self.folder, self.every, self.tokenizer = Path(folder), every, tokenizer
+        self.trainer = None
 
-    def _save(self, model, step: int):
+    def _save(self, model, state, step: int):
         target = self.folder / f"step{step:06d}"
-        if not (target / "model.safetensors").exists():
+        if (target / "model.safetensors").exists():  # a resumed run; seen alike by every process
+            return
+        if self.trainer is not None and not replicates_weights():
+            save_trained(self.trainer, target)  # collective: every process calls it
+        elif state.is_world_process_zero:
             model.save_pretrained(str(target), safe_serialization=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and state.global_step % self.every == 0:
-            self._save(model, state.global_step)
+        if state.global_step % self.every == 0:
+            self._save(model, state, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         # The last step too, unless a periodic snapshot is only a few steps before it (a near-duplicate point).
-        if state.is_world_process_zero and state.global_step % self.every > self.every // 4:
-            self._save(model, state.global_step)
+        if state.global_step % self.every > self.every // 4:
+            self._save(model, state, state.global_step)
 
 
 def load_pairs(pairs_dir: Path, with_ref_logps: bool = False) -> Dataset:
@@ -107,6 +116,9 @@ def training_args(cfg: DictConfig, out_dir: Path) -> dict:
 
 def train_and_save(trainer, tokenizer, out_dir: Path) -> dict:
     """Train (resuming from the newest checkpoint), save the final policy, close wandb; the stage's metrics."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, SnapshotPolicy):
+            callback.trainer = trainer
     resume = latest_checkpoint(out_dir / "trainer")
     if resume:
         log.info("%s: resuming from %s", out_dir.name, resume)
