@@ -574,7 +574,8 @@ def preset_changes(before_dir: Path, df: pd.DataFrame) -> list[str]:
              notes.read_text().strip(), "",
              f"Before: `{csv}` (that run's frontier.csv). Mean interpolated r* at matched KL (as above) on the seeds "
              f"both runs have (seed {seeds}), after − before; — where a run does not reach that KL."
-             + (" The last column is this run's mean over all its seeds (± 95 % interval, seed count)." if more else ""),
+             + (" The last column is this run's mean over all its seeds (± 95 % interval, seed count)."
+                if more else ""),
              "", "| method | KL | before | after | after − before |" + (" after, all seeds |" if more else ""),
              "|---|---|---|---|---|" + ("---|" if more else "")]
     sft_b, sft_a = before[before.method == "sft"], df[df.method == "sft"]

@@ -229,8 +229,8 @@ def write_index(out: Path) -> Path:
     records = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
     e2e = {k: r for k, r in records.items() if "command" in r}
     steps = {k: r for k, r in records.items() if "results" in r}
-    lines = ["# Benchmarks", "", f"Rebuilt from the records in `{out.name}/` by every `make bench`, `make bench-e2e` and "
-             "`make bench-e2e-seeds` (each record's own page has its machine, commit and history).", "",
+    lines = ["# Benchmarks", "", f"Rebuilt from the records in `{out.name}/` by every `make bench`, `make bench-e2e` "
+             "and `make bench-e2e-seeds` (each record's own page has its machine, commit and history).", "",
              "## End to end", "", f"Target: the default `make reproduce-sentiment` (every method, one seed, evaluation "
              f"and plots) in at most {TARGET_MIN} minutes on the 2-core CPU, from an empty runs folder.", ""]
     if e2e:
@@ -259,8 +259,9 @@ def write_index(out: Path) -> Path:
                 rate += [f"MFU {100 * x['mfu']:.1f} %"] if x and "mfu" in x else []
                 cells.append(f"{x['median_s']}" + (f" ({', '.join(rate)})" if rate else "") if x else "")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        lines += ["", "Models: " + "; ".join(f"{k}: GPT-2 {r['model'].get('n_layer')}x{r['model'].get('n_embd')}, "
-                                             f"vocab {r.get('vocab')}, {r['n_params'] / 1e6:.2f}M parameters" for k, r in steps.items()) + "."]
+        shapes = [f"{k}: GPT-2 {r['model'].get('n_layer')}x{r['model'].get('n_embd')}, vocab {r.get('vocab')}, "
+                  f"{r['n_params'] / 1e6:.2f}M parameters" for k, r in steps.items()]
+        lines += ["", "Models: " + "; ".join(shapes) + "."]
     else:
         lines.append("No step record yet: `make bench`.")
     if all(k.startswith("cpu-") for k in steps):
@@ -293,7 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     preset = OmegaConf.load(CONF / "experiment" / "sentiment_embedded.yaml")
     model_cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "tiny.yaml"), preset.get("model", {}))
     task_cfg = OmegaConf.merge(OmegaConf.load(CONF / "task" / "sentiment.yaml"), preset.get("task", {}))
-    a = OmegaConf.merge(model_cfg.arch, OmegaConf.from_dotlist(args.arch))
+    shape = OmegaConf.from_dotlist(args.arch)
+    unknown = sorted(set(shape) - set(model_cfg.arch))
+    if unknown:
+        raise SystemExit(f"--arch: unknown key(s) {unknown}; the GPT-2 shape has {sorted(model_cfg.arch)}")
+    a = OmegaConf.merge(model_cfg.arch, shape)
     vocab = args.vocab or model_cfg.tokenizer.vocab_size
     preset_shape = not args.arch and not args.vocab
     new_tokens, batch = task_cfg.generation.max_new_tokens, task_cfg.generation.batch_size
@@ -348,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
                           logging_steps=1000, save_strategy="no", disable_tqdm=True,
                           dataloader_pin_memory=torch.cuda.is_available())
         trainer = SampledTokenDPOTrainer(model=gpt2(), ref_model=gpt2(),
-                                         args=DPOConfig(**dpo_kwargs, bf16=False), train_dataset=pairs, processing_class=_tokenizer(vocab),
+                                         args=DPOConfig(**dpo_kwargs, bf16=False), train_dataset=pairs,
+                                         processing_class=_tokenizer(vocab),
                                          callbacks=[timer := _StepTimer()])
         apply_to_trainer(trainer, model_cfg.dense_logits)
         results["dpo_step_32_pairs"] = _trained(trainer, timer, skip=1)  # the first step warms up

@@ -134,6 +134,8 @@ def test_another_shape_gets_its_own_record_and_gpus_their_peak(tmp_path, monkeyp
     assert record["model"]["n_layer"] == 1 and record["model"]["n_embd"] == 32 and record["vocab"] == 300
     page = next(out.glob("*-1x32-v300.md")).read_text()  # beside, not over, the preset-shape record
     assert "--arch n_layer=1 n_embd=32 n_head=2 --vocab 300" in page and "shape set by --arch" in page
+    with pytest.raises(SystemExit, match="unknown key"):  # a typo is refused, not silently ignored
+        bench.main(["--out", str(out), "--arch", "n_layers=2"])
     assert bench.peak_tflops("NVIDIA H200") == 989.0 and bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench.peak_tflops("Tesla T4") is None
     monkeypatch.setenv("RVD_PEAK_TFLOPS", "65")
