@@ -3,6 +3,7 @@ identity they are in a single process: sums, means, whitening of a batch split o
 averaging and the check that catches replicas whose weights diverged."""
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -58,13 +59,25 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     except RuntimeError as err:
         results["diverged_caught"] = "diverged" in str(err)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Tear down in order: both processes done with every collective, the DDP wrapper (which holds the group) gone,
+    # then the group. (A full-suite CI run once saw a process abort at exit here: "terminate called without an
+    # active exception" from gloo's threads.)
+    rep.barrier()
+    del wrapped
     rep.group.dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("replicas")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    try:
+        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        # Killed by a signal at teardown after both wrote their results (gloo's threads at interpreter exit): the
+        # results are complete and the tests below judge them. Killed before that: a real failure.
+        if not all((out / f"rank{r}.pt").exists() for r in (0, 1)):
+            raise
+        warnings.warn(f"a process ended abnormally after writing its results: {err}")
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
