@@ -71,11 +71,11 @@ def _timed(fn, repeats: int) -> dict:
     return _with_flops(_summary(times), cost.flops / repeats)
 
 
-def _trained(trainer, timer: "_StepTimer", skip: int) -> dict:
-    """A Trainer's step times (the first `skip` warm up) and the FLOPs of one step (every step has the same shape)."""
+def _trained(trainer, timer: "_StepTimer") -> dict:
+    """A Trainer's step times (the first step warms up, left out) and the FLOPs of one step (all have one shape)."""
     with track() as cost:
         trainer.train()
-    return _with_flops(_summary(timer.times[skip:]), cost.flops / max(1, trainer.state.global_step))
+    return _with_flops(_summary(timer.times[1:]), cost.flops / max(1, trainer.state.global_step))
 
 
 def _with_flops(result: dict, flops: float) -> dict:
@@ -237,8 +237,8 @@ def write_index(out: Path) -> Path:
         lines += ["| record | one seed (min) | target | three seeds (min) | commit | finished | machine |",
                   "|---|---|---|---|---|---|---|"]
         for k, r in e2e.items():
-            ms, cpu = r.get("multi_seed"), k == "e2e-cpu-2cores"  # the machine the target is set for
-            met = ("met" if r["seconds"] <= TARGET_MIN * 60 else "missed") if cpu else ""
+            ms, target_machine = r.get("multi_seed"), k == "e2e-cpu-2cores"  # the machine the target is set for
+            met = ("met" if r["seconds"] <= TARGET_MIN * 60 else "missed") if target_machine else ""
             three = f"{ms['total_seconds'] / 60:.1f}" if ms else "not measured"
             lines.append(f"| [{k}]({out.name}/{k}.md) | **{r['seconds'] / 60:.1f}** | {met} | {three} | "
                          f"`{r['git_sha'][:10]}` | {r['finished_at']} | {r['machine'].removeprefix('Machine: ')} |")
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
                                          processing_class=_tokenizer(vocab),
                                          callbacks=[timer := _StepTimer()])
         apply_to_trainer(trainer, model_cfg.dense_logits)
-        results["dpo_step_32_pairs"] = _trained(trainer, timer, skip=1)  # the first step warms up
+        results["dpo_step_32_pairs"] = _trained(trainer, timer)
         # The same steps reading the reference log-probs stored by the pairs stage (no reference model).
         stored = pairs.add_column("ref_chosen_logps", [-50.0] * n_pairs).add_column("ref_rejected_logps",
                                                                                   [-50.0] * n_pairs)
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  train_dataset=stored, processing_class=_tokenizer(vocab),
                                                  callbacks=[timer := _StepTimer()])
                 apply_to_trainer(trainer, dense)
-                results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}{head}"] = _trained(trainer, timer, skip=1)
+                results[f"dpo_step_32_pairs_stored_ref_logps{_suffix(prec)}{head}"] = _trained(trainer, timer)
     # One PPO step with the embedded preset's PPO settings (rollout, scoring, all PPO epochs); a cheap stand-in
     # scorer, so the number is PPO's own cost (add the reward model's forward for method=ppo).
     from baselines.ppo import PPO, ValueModel
