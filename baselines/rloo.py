@@ -5,7 +5,9 @@ baseline than PPO (no value model, one gradient step per batch of rollouts).
 method=rloo uses the learned reward model r_phi, method=rloo_gt the ground-truth r*. As for PPO, scores are
 normalised with the mean/std of SFT samples' scores measured once before training, so `beta` (TRL's fixed
 coefficient on the sequence KL in the reward) means the same for both rewards. TRL samples from the full
-distribution here (temperature 1, top_k 0, top_p 1) and keeps EOS, like the project's own sampler.
+distribution here (temperature 1, top_k 0, top_p 1) and keeps EOS, like the project's own sampler. TRL left-pads
+the prompts and scores them without position ids: `MaskPositionRLOOTrainer` gives its models position ids from the
+attention mask, so the log-probs it trains on are those of the model that sampled.
 Reads sft/policy, data/ (train prefixes), reward_model/ or reward/. Writes snapshots/step*/, policy/, metrics.jsonl."""
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pipelines.common import pick_device, use_bf16
 from pipelines.cost import add_generated, meter
 from pipelines.distributed import per_process
 from pipelines.dpo import SnapshotPolicy, train_and_save
-from pipelines.lm_head import apply_to_trainer
+from pipelines.lm_head import apply_to_trainer, use_mask_positions
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.sampling import sample_completions
 from pipelines.tracking import JsonlMetrics, trainer_report_to
@@ -48,6 +50,34 @@ def make_reward_func(scorer, mean: float, std: float):
         add_generated(sum(len(c) for c in completion_ids))  # TRL samples with its own generate: count here
         return [(s - mean) / std for s in scorer(prompt_ids, completion_ids)]
     return normalised_score
+
+
+class MaskPositionRLOOTrainer(RLOOTrainer):
+    """RLOOTrainer whose policy and reference take position ids from the attention mask.
+
+    TRL left-pads the prompts of a batch and scores prompt + completion in `_get_per_token_logps_and_entropies` with
+    input ids and attention mask only, so GPT-2 would count positions from the first pad column and the old,
+    reference and training log-probs would belong to a shifted model (generation itself derives them from the mask).
+    That hook builds its model inputs inline (with multimodal branches): overriding it would fork TRL's code. The
+    models' forward is wrapped instead (pipelines.lm_head.use_mask_positions), after TRL has patched it with its fused
+    LM head here in __init__: one place that covers every forward of both models (rollout scoring, reference, loss),
+    either LM head (the dense one, installed later by apply_to_trainer, derives them itself too), and a DDP wrapper
+    (which calls the module's forward); calls that pass position ids, as `generate` does, are left as they are."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for model in (self.model, self.ref_model):
+            if model is not None:
+                use_mask_positions(model)
+
+
+def make_trainer(policy, reward_func, args: RLOOConfig, data: Dataset, tokenizer, callbacks: list,
+                 dense_logits: bool) -> RLOOTrainer:
+    """The trainer `run` trains with (the tests build it here too)."""
+    trainer = MaskPositionRLOOTrainer(model=policy, reward_funcs=reward_func, args=args, train_dataset=data,
+                                      processing_class=tokenizer, callbacks=callbacks)
+    apply_to_trainer(trainer, dense_logits)
+    return trainer
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -76,11 +106,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # task.generation.backend=vllm: TRL's own colocated vLLM engine samples the rollouts.
         use_vllm=vllm_sampling.active(), vllm_mode="colocate",
         vllm_gpu_memory_utilization=vllm_sampling.gpu_memory_utilization())
-    trainer = RLOOTrainer(model=policy, reward_funcs=make_reward_func(scorer, mean, std), args=args,
-                          train_dataset=data, processing_class=tokenizer,
-                          callbacks=[JsonlMetrics(out_dir / "metrics.jsonl"),
-                                     SnapshotPolicy(out_dir / "snapshots", m.eval_every, tokenizer)])
-    apply_to_trainer(trainer, cfg.model.dense_logits)
+    trainer = make_trainer(policy, make_reward_func(scorer, mean, std), args, data, tokenizer,
+                           [JsonlMetrics(out_dir / "metrics.jsonl"),
+                            SnapshotPolicy(out_dir / "snapshots", m.eval_every, tokenizer)], cfg.model.dense_logits)
     if getattr(trainer, "ref_model", None) is not None:  # TRL loads the KL reference itself (beta > 0)
         meter(trainer.ref_model)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_prompts": len(data), "score_mean": mean, "score_std": std}

@@ -9,6 +9,8 @@ same optimiser, schedule, batch and snapshots (pipelines.dpo.training_args), so 
       loss = mean over y_w tokens of -log p  +  alpha * mean over y_l tokens of -log(1 - p).
   The term -alpha * log p(y_l) instead would be unbounded below (the loss falls without limit by sending
   p(y_l) -> 0), so the bounded form of the unlikelihood literature is used. TRL has no unlikelihood trainer.
+Both train without dropout, as the DPO family (TRL's DPOConfig.disable_dropout), RLOO and PPO do: `offline_policy`
+zeroes every dropout probability of the policy they train (the SFT stage, which trains from scratch, keeps it).
 Reads sft/policy, pairs/. Writes snapshots/step*/, policy/, metrics.jsonl."""
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
+from trl.trainer.utils import disable_dropout_in_model
 
 from pipelines.dpo import SnapshotPolicy, load_pairs, train_and_save, training_args
 from pipelines.lm_head import apply_to_trainer, use_dense_logits
@@ -99,6 +102,15 @@ class UnlikelihoodTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+def offline_policy(sft_dir: Path):
+    """The SFT policy that Preferred-FT and Unlikelihood train, dropout off: the Trainer switches the model to train
+    mode, where GPT-2's dropout (0.1) would be on, while DPOTrainer zeroes it (DPOConfig.disable_dropout, on by
+    default), with the same TRL function, so all offline methods train the same network."""
+    policy = load_policy(sft_dir)
+    disable_dropout_in_model(policy)
+    return policy
+
+
 def _callbacks(cfg: DictConfig, out_dir: Path, tokenizer) -> list:
     return [JsonlMetrics(out_dir / "metrics.jsonl"), SnapshotPolicy(out_dir / "snapshots", cfg.method.eval_every,
                                                                      tokenizer)]
@@ -113,7 +125,7 @@ def run_preferred_ft(cfg: DictConfig, out_dir: Path) -> dict:
         "input_ids": [p + c for p, c in zip(pairs["prompt_ids"], pairs["chosen_ids"])],
         "labels": [completion_labels(p, c) for p, c in zip(pairs["prompt_ids"], pairs["chosen_ids"])]})
     args = SFTConfig(max_length=None, packing=False, **training_args(cfg, out_dir))
-    trainer = SFTTrainer(model=load_policy(sft_dir), args=args, train_dataset=data, processing_class=tokenizer,
+    trainer = SFTTrainer(model=offline_policy(sft_dir), args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=_callbacks(cfg, out_dir, tokenizer))
     apply_to_trainer(trainer, cfg.model.dense_logits)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_examples": len(data)}
@@ -124,7 +136,7 @@ def run_unlikelihood(cfg: DictConfig, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(sft_dir)
     pairs = load_pairs(cfg.paths.pairs)
     args = TrainingArguments(remove_unused_columns=False, **training_args(cfg, out_dir))
-    trainer = UnlikelihoodTrainer(model=load_policy(sft_dir), args=args, train_dataset=pairs,
+    trainer = UnlikelihoodTrainer(model=offline_policy(sft_dir), args=args, train_dataset=pairs,
                                   alpha=float(cfg.method.alpha), pad_id=tokenizer.pad_token_id,
                                   callbacks=_callbacks(cfg, out_dir, tokenizer))
     return {**train_and_save(trainer, tokenizer, out_dir), "n_pairs": len(pairs)}

@@ -12,7 +12,13 @@ the same fields, zero where the label is -100, the same loss normalisation) but 
 once, under the trainer's autocast, and takes the log-softmax of those logits in fp32 with autograd. The logits of
 the scored tokens are materialised: tokens x vocab x 4 bytes (21 MB for a DPO batch of the embedded model; 512 MB
 for 2,560 tokens at GPT-2's 50k vocabulary), so it is meant for small vocabularies (`model.dense_logits`); the
-paper presets keep TRL's kernel. Models with logit soft-capping, logit scaling or MoE routers are refused."""
+paper presets keep TRL's kernel. Models with logit soft-capping, logit scaling or MoE routers are refused.
+
+Left padding: a causal LM called without `position_ids` numbers positions from the first column, padding included,
+so a left-padded row is scored by a shifted model (GPT-2: six pad columns moved the SFT policy's per-token log-probs
+by up to 0.37 nats), while `generate` numbers them from the attention mask. The dense forward derives them from the
+mask the same way when none are given (`mask_position_ids`), and `use_mask_positions` does so for any forward
+(TRL's fused head included), for trainers that left-pad (RLOO, baselines/rloo.py)."""
 from __future__ import annotations
 
 import functools
@@ -33,6 +39,39 @@ def _check_supported(model) -> None:
     if odd:
         raise ValueError(f"dense logits support plain LM heads only; {type(model).__name__} sets {odd}: "
                          "set model.dense_logits=false to keep TRL's fused LM head")
+
+
+def mask_position_ids(attention_mask: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """Positions counted over the attended tokens, cumsum(mask) - 1 clamped at 0 (padding columns get 0 on the left,
+    the last position on the right; they are masked anyway): the positions `generate` uses. `length` keeps the last
+    columns only (a call whose earlier tokens are in a KV cache)."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return positions if length is None else positions[:, -length:]
+
+
+def _fill_position_ids(args: tuple, kwargs: dict) -> None:
+    """Set kwargs["position_ids"] from a 2-D kwargs["attention_mask"] when the call gives no position ids."""
+    mask = kwargs.get("attention_mask")
+    if kwargs.get("position_ids") is not None or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return
+    tokens = kwargs.get("input_ids", args[0] if args else None)
+    if tokens is None:
+        tokens = kwargs.get("inputs_embeds")
+    kwargs["position_ids"] = mask_position_ids(mask, None if tokens is None else tokens.shape[1])
+
+
+def use_mask_positions(model) -> None:
+    """Make every forward of `model` (in place) that has a 2-D attention mask but no position ids take its position
+    ids from the mask, whatever forward is installed now (the model's own, TRL's fused head, the dense one). Calls
+    that give position ids (`generate` does) are unchanged; the signature is kept, as `generate` inspects it."""
+    inner = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, **kwargs):
+        _fill_position_ids(args, kwargs)
+        return inner(*args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
 
 
 ALL_OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
@@ -84,6 +123,7 @@ def use_dense_logits(model, temperature: float = 1.0, outputs: tuple[str, ...] =
             return plain_forward(*args, labels=labels, shift_labels=shift_labels,
                                  num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
+        _fill_position_ids(args, kwargs)  # a left-padded batch is scored at the positions it was sampled at
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if shift_labels is None:
             hidden, labels = hidden[:, :-1], labels[:, 1:]

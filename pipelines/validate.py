@@ -42,7 +42,11 @@ def validate(cfg: DictConfig) -> None:
              f"task.prompt needs 1 <= min_tokens <= max_tokens, got {t.prompt.min_tokens}..{t.prompt.max_tokens}")
     need(t.generation.max_new_tokens >= 1, f"task.generation.max_new_tokens must be >= 1, got "
                                            f"{t.generation.max_new_tokens}")
-    need(t.generation.temperature > 0, f"task.generation.temperature must be > 0, got {t.generation.temperature}")
+    # Pairs (every task), PPO/RLOO rollouts and sentiment's evaluation and Best-of-N sample at this temperature
+    need(t.generation.temperature == 1.0,
+         f"task.generation.temperature={t.generation.temperature} is not supported: only 1.0 is, because the KL and "
+         "PPO's log-probs are computed at T = 1 (the win-rate sampling temperatures are task.winrate.temperatures, "
+         "which this does not affect)")
     need(t.generation.batch_size >= 1, f"task.generation.batch_size must be >= 1, got {t.generation.batch_size}")
     need(t.generation.get("backend", "hf") in BACKENDS,
          f"task.generation.backend must be one of {', '.join(BACKENDS)}, got '{t.generation.get('backend')}'")

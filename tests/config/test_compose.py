@@ -160,3 +160,14 @@ def test_launcher_presets_select_the_engines_and_keep_the_sweep(launcher, target
     # The default launches jobs one after another in the calling process.
     default = compose_cfg(["method=ppo"], hydra_node=True)
     assert default.hydra.launcher._target_.endswith("BasicLauncher") and default.threads == 2
+
+
+@pytest.mark.parametrize("experiment", [e for e in group("experiment") if e.endswith("_embedded") or e == "smoke"])
+def test_generation_temperature_other_than_1_is_refused(experiment):
+    """Pairs, rollouts and evaluation samples are drawn at task.generation.temperature but scored (KL, PPO's
+    log-probs) at T = 1: any other value is refused, in every task; the win-rate temperatures are not this key."""
+    validate(compose_cfg([f"experiment={experiment}", "task.generation.temperature=1.0"]))
+    with pytest.raises(UserError, match=r"task\.generation\.temperature=0\.7 is not supported: only 1\.0 is, because "
+                                        r"the KL and PPO's log-probs are computed at T = 1 .*task\.winrate\."
+                                        r"temperatures"):
+        validate(compose_cfg([f"experiment={experiment}", "task.generation.temperature=0.7"]))

@@ -178,3 +178,42 @@ def test_entropy_is_exact_and_stays_fp32_under_autocast():
         got = entropy(log_p)
     assert got.dtype == torch.float32 and got.shape == (4, 7)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_path_scores_a_left_padded_batch_as_the_unpadded_sequences():
+    """Without position ids, GPT-2 would number a left-padded row's positions from its first pad column; the dense
+    forward takes them from the attention mask (as generate does), so padding does not change a log-prob."""
+    from pipelines.lm_head import use_mask_positions
+
+    rows = [[3, 9, 14, 8, 15, 3, 19], [7, 3, 11, 20, 8, 6, 22, 6, 9, 2], [12, 4, 17, 4, 4, 18]]
+    completion = 3  # the last 3 tokens of each row are scored
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    labels = ids.clone()
+    labels[:, :-completion] = -100
+
+    def model():
+        m = tiny_model()
+        with torch.no_grad():  # position embeddings large enough for a shift to show
+            m.transformer.wpe.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(4))
+        add_fused_lm_head(m, outputs=ALL_OUTPUTS)
+        return m
+    dense, fused, masked = model(), model(), model()
+    use_dense_logits(dense)
+    use_mask_positions(masked)  # TRL's fused head, position ids from the mask (what RLOO trains with)
+
+    def completion_logps(m, ids, attn, labels):
+        with torch.no_grad():
+            return m(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True).log_probs[:, -completion:]
+    for m, ok in ((dense, True), (masked, True), (fused, False)):
+        batched = completion_logps(m, ids, attn, labels)
+        for i, r in enumerate(rows):
+            one = torch.tensor([r])
+            alone = completion_logps(m, one, torch.ones_like(one), one.masked_fill(torch.arange(len(r)) <
+                                                                                    len(r) - completion, -100))
+            gap = float((batched[i] - alone[0]).abs().max())
+            if ok:
+                assert gap < 1e-5, i
+            elif i != 1:  # TRL's forward alone: padded rows are scored by a shifted model (row 1 has no padding)
+                assert gap > 1e-2, i

@@ -156,3 +156,40 @@ def test_rloo_reward_is_the_normalised_score_of_the_project_token_ids():
     fn = make_reward_func(scorer, mean=2.0, std=0.5)
     out = fn(prompts=["a", "b"], completions=["x", "y"], completion_ids=[[7], [8, 0]], prompt_ids=[[1], [2]])
     assert out == [-2.0, 2.0] and seen["args"] == ([[1], [2]], [[7], [8, 0]])
+
+
+@pytest.mark.parametrize("method", ["preferred_ft", "unlikelihood"])
+def test_likelihood_methods_train_without_dropout_as_dpo(tiny, monkeypatch, method):
+    """The model Preferred-FT and Unlikelihood hand to their trainer has every dropout probability 0, as the DPO
+    family's (DPOConfig.disable_dropout): two forward passes in train mode agree."""
+    import json
+
+    from pipelines import likelihood
+    from tests.conftest import compose_cfg
+
+    tok, _, _, tmp = tiny
+    root = tmp.mktemp(method)
+    torch.manual_seed(2)
+    sft = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    assert sft.config.resid_pdrop > 0  # GPT-2's default dropout, which Trainer's train mode would switch on
+    sft.save_pretrained(str(root / "sft" / "policy"), safe_serialization=True)
+    tok.save_pretrained(str(root / "sft" / "policy"))
+    (root / "pairs").mkdir()
+    (root / "pairs" / "pairs.jsonl").write_text(json.dumps(EXAMPLE) + "\n")
+    cfg = compose_cfg(["experiment=smoke", f"method={method}", f"paths.root={root / 'runs'}",
+                       f"paths.sft={root / 'sft'}", f"paths.pairs={root / 'pairs'}", "wandb.mode=disabled"])
+    seen = {}
+
+    def fake_train_and_save(trainer, tokenizer, out_dir):
+        seen["model"] = trainer.model
+        return {}
+    monkeypatch.setattr(likelihood, "train_and_save", fake_train_and_save)
+    getattr(likelihood, f"run_{method}")(cfg, root / "out")
+    model = seen["model"]
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0 for p in dropouts)
+    model.train()
+    ids = torch.tensor([EXAMPLE["prompt_ids"] + EXAMPLE["chosen_ids"]])
+    with torch.no_grad():
+        first, second = model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert torch.equal(first, second)
