@@ -4,6 +4,9 @@ A stage owns one folder. It is *done* when `done.json` in that folder carries th
 on (its own config subtrees plus the hashes of its upstream stages): then it is skipped. A folder without
 `done.json` is an interrupted stage and is resumed by the stage itself (Trainer checkpoints, finished chunks).
 A done stage whose hash differs is never overwritten silently: the run stops unless `force=true`.
+The marker also records where the stage ran (`environment`: CPU and its SIMD features, torch build and threads,
+GPUs, library versions), since the same command can give other numbers on another CPU; that record is provenance
+only and never enters the hash, so a finished stage is skipped on any machine.
 Under a multi-process launch (pipelines/distributed.py) the main process keeps these books alone; the others
 follow its decisions and run only the stages marked `distributed` (the Trainer stages).
 """
@@ -24,7 +27,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import cost, distributed
-from pipelines.common import UserError, atomic_write_json, git_sha, versions
+from pipelines.common import UserError, atomic_write_json, environment, git_sha, versions
 
 log = logging.getLogger(__name__)
 DONE = "done.json"
@@ -107,6 +110,10 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
     # Parallel sweep jobs that share an unfinished upstream stage wait here for the one running it.
     with FileLock(str(out_dir) + ".lock") if main else nullcontext():
         done = read_done(out_dir) if main else None
+        if done is not None and done.get("restored"):
+            # Written back from the results ledger (pipelines/sweep.py): its numbers are kept, its weights are not
+            # here, so a run that reaches it redoes it.
+            done = None
         refusal = None
         if main and done is not None and done.get("hash") != digest and not cfg.force:
             refusal = (f"stage '{name}' in {out_dir} was finished with a different config (hash {done.get('hash')}, "
@@ -147,7 +154,7 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
             atomic_write_json(out_dir / DONE, {
                 "stage": name, "hash": digest, "wall_time_s": round(time.time() - start, 2), "resumed": resumed,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
-                "versions": versions(), "metrics": metrics, "cost": stage_cost})
+                "versions": versions(), "environment": environment(), "metrics": metrics, "cost": stage_cost})
     hashes[name] = digest
     return digest
 
