@@ -13,7 +13,8 @@ ARGS ?=
 # Methods the reproduce targets sweep, each over its preset grid (conf/method_preset/<experiment>/<method>.yaml).
 # A subset: make reproduce-sentiment METHODS="dpo ppo". Listed longest first: make starts parallel jobs in this order.
 METHODS ?= ppo ppo_gt dpo unlikelihood ipo rloo rloo_gt cdpo bon preferred_ft
-# Seeds of the method stages (SFT, r*, pairs and the reward model are shared by all seeds).
+# Seeds of reproduce-sentiment. Each is a full-pipeline seed: SFT, pairs and r_phi are trained per seed (data, the
+# tokenizer and r* are fixed by data_seed). reproduce-sentiment-seeds is the resumable multi-seed target.
 SEEDS ?= 0
 comma := ,
 SEED_LIST = $(subst $(eval) ,$(comma),$(strip $(SEEDS)))
@@ -67,12 +68,27 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)
 
-reproduce-sentiment: $(VENV)/.installed ## embedded default: SFT, r*, pairs, reward model, every method's sweep (SEEDS, METHODS, JOBS), frontier
+# One seed's results go under the run folder, not over the committed multi-seed results of reproduce-sentiment-seeds.
+ONE_SEED_RESULTS = $${RVD_RUNS:-runs}/results
+reproduce-sentiment: $(VENV)/.installed ## embedded default, one full-pipeline seed: SFT, r*, pairs, reward model, every method's sweep (SEEDS, METHODS, JOBS), frontier in runs/results/
 	@$(MAKE) --no-print-directory sweep EXPERIMENT=sentiment_embedded
-	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment SEEDS=\"$(SEEDS)\" METHODS=\"$(METHODS)\""
+	$(PY) -m analysis.frontier --task sentiment --preset embedded --runs $${RVD_RUNS:-runs} --out $(ONE_SEED_RESULTS) \
+	  --command "make reproduce-sentiment SEEDS=\"$(SEEDS)\" METHODS=\"$(METHODS)\""
 
-reproduce-sentiment-seeds: ## the multi-seed frontier of every method: reproduce-sentiment with SEEDS="0 1 2"
-	$(MAKE) reproduce-sentiment SEEDS="0 1 2"
+# The committed verdict: full-pipeline seeds (each seed re-trains SFT, pairs and r_phi), the headline methods at
+# HEADLINE_SEEDS, every other method at OTHER_SEEDS. Seed by seed, resumable: pipelines/sweep.py skips what is done in
+# runs/ or in the committed ledger (results/sentiment/embedded/ledger/), so an interrupted run goes on where it stopped.
+HEADLINE_METHODS ?= dpo ppo ppo_gt
+HEADLINE_SEEDS ?= 0-9
+OTHER_METHODS ?= ipo cdpo rloo rloo_gt bon preferred_ft unlikelihood
+OTHER_SEEDS ?= 0-2
+reproduce-sentiment-seeds: $(VENV)/.installed ## the committed multi-seed frontier and verdict (DPO, PPO, PPO-GT at 10 full-pipeline seeds, the rest at 3); resumable
+	$(PY) -m pipelines.sweep --experiment sentiment_embedded --seeds $(HEADLINE_SEEDS) --methods $(HEADLINE_METHODS) \
+	  --jobs $(JOBS) --threads $(NPROC) $(ARGS)
+	$(if $(strip $(OTHER_METHODS)),$(PY) -m pipelines.sweep --experiment sentiment_embedded --seeds $(OTHER_SEEDS) \
+	  --methods $(OTHER_METHODS) --jobs $(JOBS) --threads $(NPROC) $(ARGS))
+	$(PY) -m analysis.frontier --task sentiment --preset embedded --runs $${RVD_RUNS:-runs} \
+	  --command "make reproduce-sentiment-seeds"
 
 reproduce-sentiment-paper: $(VENV)/.installed ## paper scale (gpt2-large, IMDb, siebert; GPUs and Hub access needed)
 	@$(MAKE) --no-print-directory sweep EXPERIMENT=sentiment_paper JOBS=$(PAPER_JOBS)
@@ -126,8 +142,11 @@ endef
 method-%:
 	$(call job,$*,$(if $(filter $*,$(RPHI_METHODS)),$(RUN) experiment=$(EXPERIMENT) 'pipeline=[reward_model]' threads=$(JOB_THREADS) $(ARGS) && )$(RUN) --multirun experiment=$(EXPERIMENT) method=$* seed=$(SEED_LIST) threads=$(JOB_THREADS) $(ARGS))
 
-analyze-sentiment: $(VENV)/.installed ## rebuild frontier.csv/png and summary.md from finished runs
-	$(PY) -m analysis.frontier --task sentiment --preset embedded --command "make reproduce-sentiment"
+analyze-sentiment: $(VENV)/.installed ## rebuild the committed frontier.csv/png and summary.md from finished runs (and the ledger)
+	$(PY) -m pipelines.sweep --experiment sentiment_embedded --seeds $(HEADLINE_SEEDS) --methods $(HEADLINE_METHODS) \
+	  $(OTHER_METHODS) --list > /dev/null
+	$(PY) -m analysis.frontier --task sentiment --preset embedded --runs $${RVD_RUNS:-runs} \
+	  --command "make reproduce-sentiment-seeds"
 
 test: $(VENV)/.installed ## offline test suite (default: fast tests only, a few minutes)
 	$(PY) -m pytest -q

@@ -22,12 +22,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import t as student_t  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-COLUMNS = ["method", "param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
+from analysis import stats  # noqa: E402
+
+COLUMNS = ["method", "param", "seed", "shared_seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
+VALIDATION = ["val_kl", "val_kl_se", "val_reward", "val_reward_se", "val_n"]
 EXTRA = ["tag", "mean_length", "eos_rate", "kl_kind"]
-NUMERIC = ["param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n", "mean_length", "eos_rate"]
+NUMERIC = ["param", "seed", "shared_seed", "step", "kl", "kl_se", "reward", "reward_se", "n", "mean_length",
+           "eos_rate", *VALIDATION]
 # Summary tables and the verdict list methods in this order; any other method follows, alphabetically.
 METHOD_ORDER = ("dpo", "ipo", "cdpo", "ppo", "ppo_gt", "rloo", "rloo_gt", "bon", "preferred_ft", "unlikelihood")
 COLORS = {"sft": "black", "dpo": "tab:blue", "ipo": "tab:cyan", "cdpo": "navy", "ppo": "tab:red",
@@ -38,38 +43,43 @@ NAMES = {"sft": "SFT", "dpo": "DPO", "ipo": "IPO", "cdpo": "cDPO", "ppo": "PPO",
 PARAM_NAMES = {"dpo": "β", "ipo": "τ", "cdpo": "β", "unlikelihood": "α", "bon": "N", "ppo": "KL target",
                "ppo_gt": "KL target", "rloo": "β", "rloo_gt": "β"}
 SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs", "reward_model"]
-KL_BUDGETS = (1, 2, 5, 10)
+# KL budgets (nats) at which fronts are read and compared; the paper's frontier spans ~0-20 at gpt2-large, the
+# embedded points ~0.3-10.
+KL_BUDGETS = (0.5, 1, 2, 4, 8)
+# The verdict: DPO against these rivals (the paper's Fig. 2 claim).
+RIVALS = ("ppo", "ppo_gt")
+ALPHA = 0.05
 # What the win rates of each task are measured against (pipelines/winrate.py).
 REFERENCES = {"sentiment": "the SFT policy's completion"}
-# t_{0.975, dof} for dof = 1..30: scipy is not a dependency of the project, and seeds are few.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def t975(dof: int) -> float:
-    """Two-sided 95 % quantile of Student's t; the normal 1.960 beyond 30 degrees of freedom (at most 4 % low)."""
-    if dof < 1:
-        return float("nan")
-    return T975[dof - 1] if dof <= len(T975) else 1.960
+    """Two-sided 95 % quantile of Student's t (NaN below one degree of freedom)."""
+    return float(student_t.ppf(0.975, dof)) if dof >= 1 else float("nan")
 
 
 def load_points(run_root: Path) -> pd.DataFrame:
-    """One row per evaluated checkpoint, from every eval/step*.json under run_root."""
+    """One row per evaluated checkpoint, from every eval/step*.json under run_root. Test-prefix numbers in kl,
+    reward, ...; validation-prefix numbers in val_kl, val_reward, ...; shared_seed = the run's pipeline seed (its SFT,
+    pairs and r_phi). SFT rows: one per pipeline seed, with seed = shared_seed."""
     # Only finished evaluations: a run still being evaluated would enter with part of its checkpoints.
     rows = [json.loads(p.read_text()) for p in sorted(run_root.glob("**/eval/step*.json"))
             if (p.parent / "done.json").exists()]
     if not rows:
         raise SystemExit(f"no evaluated checkpoints under {run_root}: run the pipeline first")
     df = pd.DataFrame(rows)
-    for col in COLUMNS + EXTRA:
+    for col in COLUMNS + VALIDATION + EXTRA:
         if col not in df:
             df[col] = None
-    df = df[COLUMNS + EXTRA]
+    df = df[COLUMNS + VALIDATION + EXTRA]
     # Parameter-free methods (preferred_ft) write param null; without this a column of only nulls stays object.
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col])
+    # Evaluations written before pipeline seeds existed all ran on pipeline seed 0.
+    df["shared_seed"] = df.shared_seed.fillna(0)
     df["kl_kind"] = df.kl_kind.fillna("estimated")
-    # SFT (evaluated once, shared) first, then each method by its swept parameter, seed and step.
+    df = df.drop_duplicates(subset=["method", "tag", "seed", "shared_seed", "step"])
+    # SFT (one per pipeline seed) first, then each method by its swept parameter, seed and step.
     df["_order"] = df.method.map(lambda m: -1 if m == "sft" else _rank(m))
     df = df.sort_values(["_order", "method", "param", "seed", "step"], na_position="first")
     return df.drop(columns="_order").reset_index(drop=True)
@@ -86,7 +96,8 @@ def _methods(df: pd.DataFrame) -> list[str]:
 
 
 def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
-    """Points not dominated by another of the same set (lower-or-equal KL and higher reward), sorted by KL."""
+    """Points not dominated by another of the same set (lower-or-equal KL and higher reward), sorted by KL, on the
+    test numbers: for plotting raw points only; every selection uses analysis.stats.validation_front."""
     pts = points.sort_values(["kl", "reward"], ascending=[True, False])
     front, best = [], float("-inf")
     for _, row in pts.iterrows():
@@ -97,27 +108,21 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _front(points: pd.DataFrame) -> pd.DataFrame:
-    """pareto_front of the points with a KL and a reward; an empty frame with the same columns if there are none."""
-    pts = points.dropna(subset=["kl", "reward"])
-    return pareto_front(pts) if len(pts) else pts
+    """The seed's front chosen on validation (its test columns are what is reported)."""
+    pts = points.dropna(subset=["kl", "reward"]).copy()
+    if pts.empty:
+        return pts
+    # Points evaluated before validation prefixes existed: selection falls back to their test numbers.
+    for col in ("kl", "reward"):
+        pts[f"val_{col}"] = pts[f"val_{col}"].fillna(pts[col])
+    return stats.validation_front(pts)
 
 
 def interpolate_front(points: pd.DataFrame, kl_grid) -> np.ndarray:
-    """r* of the Pareto front of `points` (one method and seed, plus the SFT point) at each KL of kl_grid: linear
-    between consecutive front points, flat from the last front point up to the largest KL any point of the seed
-    reached (a checkpoint further out that scored lower does not lower the best reward within that budget), NaN
-    beyond it (never extrapolated)."""
-    grid = np.asarray(kl_grid, dtype=float)
-    front = _front(points)
-    if front.empty:
-        return np.full(grid.shape, np.nan)
-    xs, ys = front.kl.to_numpy(float), front.reward.to_numpy(float)
-    reached = float(points.kl.max())
-    if reached > xs[-1]:
-        xs, ys = np.append(xs, reached), np.append(ys, ys[-1])
-    # Linear rather than a step: sampling from one of two policies at random per prompt earns the chord's reward at
-    # no more than the chord's KL (KL is convex), so the chord is achievable without training anything new.
-    return np.interp(grid, xs, ys, left=np.nan, right=np.nan)
+    """Test r* of the validation-chosen front of `points` (one method and seed, plus its SFT point) at each KL of
+    kl_grid: linear between front points, NaN below the seed's first own front point (no chord from SFT) and beyond
+    its last front point (a front extends only to checkpoints on it; never extrapolated). analysis.stats.front_curve."""
+    return stats.front_curve(_front(points), kl_grid)
 
 
 def _complete_seeds(df: pd.DataFrame, method: str) -> tuple[list, list]:
@@ -130,12 +135,17 @@ def _complete_seeds(df: pd.DataFrame, method: str) -> tuple[list, list]:
     return complete, sorted(set(settings) - set(complete))
 
 
-def _seed_points(df: pd.DataFrame, method: str) -> list[pd.DataFrame]:
-    """Each complete seed's checkpoints of `method` (all params and steps), each with the shared SFT point."""
-    sft = df[df.method == "sft"]
+def _seed_points(df: pd.DataFrame, method: str) -> dict:
+    """Each complete seed's checkpoints of `method` (all params and steps), with the SFT point of the seed's own
+    pipeline seed (its reference policy). Keyed by (seed, shared_seed)."""
     complete, _ = _complete_seeds(df, method)
-    groups = [g for s, g in df[df.method == method].groupby("seed", dropna=False) if s in complete]
-    return [pd.concat([g, sft]) if len(sft) else g for g in groups]
+    out = {}
+    for (seed, shared), g in df[df.method == method].groupby(["seed", "shared_seed"], dropna=False):
+        if seed not in complete:
+            continue
+        sft = df[(df.method == "sft") & (df.shared_seed == shared)]
+        out[(seed, shared)] = pd.concat([g, sft]) if len(sft) else g
+    return dict(sorted(out.items()))
 
 
 def incomplete_note(df: pd.DataFrame) -> list[str]:
@@ -148,6 +158,18 @@ def incomplete_note(df: pd.DataFrame) -> list[str]:
                          f"{', '.join(str(int(s)) for s in partial)}")
     return [f"Left out of the seed statistics (not every setting evaluated yet): {'; '.join(notes)}. Their points "
             "are in frontier.csv and frontier_runs.png.", ""] if notes else []
+
+
+def seed_curves(df: pd.DataFrame, method: str, budgets=KL_BUDGETS) -> dict:
+    """Per complete seed of `method`: its validation-chosen front read on test at each budget. Returns {"keys":
+    [(seed, shared_seed)], "values": (seeds x budgets), "first_kl": first own front KL per seed, "last_kl": last
+    front KL per seed}."""
+    pts = _seed_points(df, method)
+    fronts = [_front(p) for p in pts.values()]
+    return {"keys": list(pts), "values": np.array([stats.front_curve(f, budgets) for f in fronts]
+                                                  ).reshape(len(fronts), len(budgets)),
+            "first_kl": np.array([stats.first_own_kl(f) for f in fronts], dtype=float),
+            "last_kl": np.array([stats.last_kl(f) for f in fronts], dtype=float)}
 
 
 def _across_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -167,95 +189,64 @@ def _across_seeds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def seed_table(df: pd.DataFrame, budgets=KL_BUDGETS) -> pd.DataFrame:
-    """One row per (method, KL budget): seeds whose front reaches the KL, mean of their interpolated r*, sample sd,
-    95 % t-interval half-width; first_kl is the smallest KL of any of the method's own front points (below it, a
-    value is the chord from SFT)."""
+    """One row per (method, KL budget): seeds whose validation-chosen front covers the KL with its own checkpoints,
+    mean of their test r* there, sample sd, 95 % t-interval half-width; first_kl is the smallest KL of any seed's own
+    front point, all_from_kl the budget from which every seed has one (below it a seed has no measurement)."""
     rows = []
     for method in _methods(df):
-        seeds = _seed_points(df, method)
-        values = np.array([interpolate_front(p, budgets) for p in seeds]).reshape(len(seeds), len(budgets))
-        n, mean, sd, half = _across_seeds(values)
-        own = [f[f.method != "sft"].kl for f in map(_front, seeds)]
-        first = min((k.min() for k in own if len(k)), default=float("nan"))
-        rows += [{"method": method, "kl": b, "n_seeds": int(n[i]), "mean": mean[i], "sd": sd[i],
-                  "half_width": half[i], "first_kl": first} for i, b in enumerate(budgets)]
-    return pd.DataFrame(rows, columns=["method", "kl", "n_seeds", "mean", "sd", "half_width", "first_kl"])
+        c = seed_curves(df, method, budgets)
+        n, mean, sd, half = _across_seeds(c["values"]) if len(c["keys"]) else (np.zeros(len(budgets)),) + \
+            (np.full(len(budgets), np.nan),) * 3
+        first = np.nanmin(c["first_kl"]) if np.isfinite(c["first_kl"]).any() else float("nan")
+        every = np.nanmax(c["first_kl"]) if np.isfinite(c["first_kl"]).all() and len(c["first_kl"]) else float("nan")
+        rows += [{"method": method, "kl": b, "n_seeds": int(n[i]), "seeds": len(c["keys"]), "mean": mean[i],
+                  "sd": sd[i], "half_width": half[i], "first_kl": first, "all_from_kl": every}
+                 for i, b in enumerate(budgets)]
+    return pd.DataFrame(rows, columns=["method", "kl", "n_seeds", "seeds", "mean", "sd", "half_width", "first_kl",
+                                       "all_from_kl"])
 
 
-def _kl_list(budgets: list[float]) -> str:
-    """[2, 5, 10] -> 'KL 2, 5 and 10'."""
-    s = [f"{b:g}" for b in budgets]
-    return "KL " + (s[0] if len(s) == 1 else ", ".join(s[:-1]) + " and " + s[-1])
+def paired(df: pd.DataFrame, a: str, b: str, budgets=KL_BUDGETS) -> dict | None:
+    """The seeds both methods have (same seed and pipeline seed: same SFT and pairs), their curves aligned row by
+    row, for analysis.stats.compare_methods. None when either method is absent."""
+    if a not in set(df.method) or b not in set(df.method):
+        return None
+    ca, cb = seed_curves(df, a, budgets), seed_curves(df, b, budgets)
+    common = [k for k in ca["keys"] if k in cb["keys"]]
+    ia, ib = [ca["keys"].index(k) for k in common], [cb["keys"].index(k) for k in common]
+    return {"seeds": [int(k[0]) for k in common], "values_a": ca["values"][ia], "values_b": cb["values"][ib],
+            "first_kl_a": ca["first_kl"][ia], "first_kl_b": cb["first_kl"][ib],
+            "max_kl_a": ca["last_kl"][ia], "max_kl_b": cb["last_kl"][ib]}
 
 
-def _compare(table: pd.DataFrame, a: str, b: str) -> tuple[bool, str, str]:
-    """Method a against b, budget by budget. Returns whether any budget has two seeds of each (tested), the relation
-    (dominates, dominated, mixed, indistinguishable; by the sign of the means when untested, equal if no sign) and
-    the budgets behind it, as text."""
-    ta, tb = (table[table.method == m].set_index("kl") for m in (a, b))
-    budgets = [k for k in ta.index if k in tb.index]
-    tested = any(ta.n_seeds[k] >= 2 and tb.n_seeds[k] >= 2 for k in budgets)
-    need = 2 if tested else 1
-    out: dict[str, list[float]] = {}
-    for k in budgets:
-        ra, rb = ta.loc[k], tb.loc[k]
-        na, nb = int(ra.n_seeds), int(rb.n_seeds)
-        if na < need or nb < need:
-            short = " and ".join(NAMES.get(m, m) for m, n in ((a, na), (b, nb)) if n < need)
-            out.setdefault(f"short:{short}", []).append(k)
-            continue
-        diff = ra["mean"] - rb["mean"]
-        # Welch-like with the smaller sample's degrees of freedom: conservative when the seed counts differ.
-        bound = t975(min(na, nb) - 1) * math.sqrt(ra["sd"] ** 2 / na + rb["sd"] ** 2 / nb) if tested else 0.0
-        key = "higher" if diff > bound else "lower" if diff < -bound else "within noise" if tested else "equal"
-        out.setdefault(key, []).append(k)
-    higher, lower = "higher" in out, "lower" in out
-    compared_any = any(not key.startswith("short:") for key in out)
-    relation = ("mixed" if higher and lower else "dominates" if higher else "dominated" if lower
-                else "indistinguishable" if tested else "equal" if compared_any else "incomparable")
-    found = [f"{key} at {_kl_list(out[key])}" for key in ("higher", "lower", "within noise", "equal") if key in out]
-    notes = []
-    for key in (k for k in out if k.startswith("short:")):
-        who = key.split(":", 1)[1]
-        notes.append(f"fewer than 2 seeds of {who} reach {_kl_list(out[key])}" if tested
-                     else f"{who} {'do' if ' and ' in who else 'does'} not reach {_kl_list(out[key])}")
-    # Below the rival's first own point its value is the chord from SFT: say so where such a budget was compared.
-    compared = [k for key, ks in out.items() if not key.startswith("short:") for k in ks]
-    first = tb.first_kl.iloc[0] if len(tb) else float("nan")
-    if pd.notna(first) and any(k < first for k in compared):
-        notes.append(f"{NAMES.get(b, b)} has no points below KL {first:.1f}")
-    return tested, relation, "; ".join([", ".join(found)] * bool(found) + notes)
+def compare(df: pd.DataFrame, a: str, b: str, budgets=KL_BUDGETS, n_boot: int = 2000) -> dict | None:
+    """compare_methods of a against b on their common seeds, with the bootstrap stability of its relation."""
+    p = paired(df, a, b, budgets)
+    if p is None:
+        return None
+    result = stats.compare_methods(p["values_a"], p["values_b"], budgets, ALPHA, name_a=NAMES.get(a, a),
+                                   name_b=NAMES.get(b, b), seeds=p["seeds"], first_kl_a=p["first_kl_a"],
+                                   first_kl_b=p["first_kl_b"], max_kl_a=p["max_kl_a"], max_kl_b=p["max_kl_b"])
+    result["stability"] = stats.bootstrap_stability(p["values_a"], p["values_b"], budgets, n_boot=n_boot, seed=0,
+                                                    alpha=ALPHA)
+    result["seeds"] = p["seeds"]
+    return result
 
 
-def verdict(table: pd.DataFrame) -> str:
-    """One quotable sentence, computed from seed_table: does DPO's frontier dominate PPO's and PPO-GT's here? At each
-    budget with two or more seeds of both, a difference of means beyond t_{0.975, min(n)-1} sqrt(sd1²/n1 + sd2²/n2)
-    counts; DPO dominates if significantly higher somewhere and never significantly lower."""
-    present = set(table.method)
+def verdict(df: pd.DataFrame, budgets=KL_BUDGETS) -> tuple[str, dict]:
+    """One quotable sentence, computed from the points: does DPO's frontier dominate PPO's and PPO-GT's here?
+    Paired t-tests across the seeds both methods have, at each budget every one of those seeds reaches with its own
+    checkpoints, Holm-corrected over budgets (analysis.stats). Returns (sentence, {rival: compare result})."""
+    present = set(df.method)
     if "dpo" not in present:
-        return "No verdict can be given: DPO has no evaluated runs."
-    rivals = [m for m in ("ppo", "ppo_gt") if m in present]
-    if not rivals:
-        return "No verdict can be given: neither PPO nor PPO-GT has evaluated runs."
-    comps = {m: _compare(table, "dpo", m) for m in rivals}
-    if not any(tested for tested, _, _ in comps.values()):
-        verbs = {"dominates": "dominate", "dominated": "be dominated by", "mixed": "cross", "equal": "equal",
-                 "incomparable": "share no KL budget with"}
-        clauses = [f"{verbs[rel]} {NAMES[m]}'s ({detail})" for m, (_, rel, detail) in comps.items()]
-        return ("No verdict can be given with one seed: taken at face value, the single-seed means would have DPO's "
-                f"frontier {' and '.join(clauses)}.")
-    verbs = {"dominates": "dominates", "dominated": "is dominated by",
-             "mixed": "neither dominates nor is dominated by", "indistinguishable": "is indistinguishable from"}
-    clauses = [f"{verbs[rel]} {NAMES[m]}'s ({'mixed: ' if rel == 'mixed' else ''}{detail})" if tested else
-               f"cannot be tested against {NAMES[m]}'s with one seed (by mean: {detail})"
-               for m, (tested, rel, detail) in comps.items()]
-    rels = [rel if tested else "untested" for tested, rel, _ in comps.values()]
-    claim = ("holds" if all(r == "dominates" for r in rels) else
-             "does not hold" if any(r in ("dominated", "mixed", "indistinguishable") for r in rels) else
-             "cannot be settled")
-    whom = "both" if len(rivals) == 2 else NAMES[rivals[0]]
-    return (f"At this scale DPO's frontier {' and '.join(clauses)}, so the paper's claim that DPO dominates {whom} "
-            f"{claim} here (two-sided 95 % t-test on the difference of per-seed mean r* at each KL budget).")
+        return "No verdict can be given: DPO has no evaluated runs.", {}
+    results = {m: compare(df, "dpo", m, budgets) for m in RIVALS if m in present}
+    if not results:
+        return "No verdict can be given: neither PPO nor PPO-GT has evaluated runs.", {}
+    sentence = stats.verdict_sentence(results, NAMES)
+    stable = "; ".join(f"{NAMES[m]}: {r['stability']['stability']:.0%} of {r['stability']['n_boot']} resamples "
+                       f"give '{r['relation']}'" for m, r in results.items())
+    return f"{sentence} Stability under bootstrap resampling of the seeds: {stable}.", results
 
 
 def _label(method: str) -> str:
@@ -278,19 +269,20 @@ def _axis_labels(set_x, set_y) -> None:
 
 
 def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
-    """Per method: the mean of its seeds' interpolated Pareto fronts (over the KL range every seed reached), a 95 %
-    t-band across seeds, and each seed's front points faintly."""
+    """Per method: the mean of its seeds' fronts (chosen on validation, test r* read between their own points,
+    over the KL range every seed covers), a 95 % t-band across seeds, and each seed's front points faintly."""
     fig, ax = plt.subplots(figsize=(10, 5.5))
     sft = df[df.method == "sft"]
     banded = False
     for method in _methods(df):
         color = COLORS.get(method)
-        seeds = _seed_points(df, method)
+        seeds = list(_seed_points(df, method).values())
         fronts = [_front(p) for p in seeds]
-        top = max((float(p.kl.max()) for p in seeds if len(p)), default=0.0)
+        top = max((float(f.kl.max()) for f in fronts if len(f)), default=0.0)
         # Dense grid plus every front point, so the mean line passes through a lone seed's corners exactly.
         grid = np.unique(np.concatenate([np.linspace(0, top, 300)] + [f.kl.to_numpy(float) for f in fronts]))
-        n, mean, _, half = _across_seeds(np.array([interpolate_front(p, grid) for p in seeds]))
+        values = np.array([stats.front_curve(f, grid) for f in fronts]).reshape(len(fronts), len(grid))
+        n, mean, _, half = _across_seeds(values)
         several = len(seeds) >= 2
         # Only where every seed has data: a mean over a changing set of seeds jumps where one drops out.
         every = n == len(seeds)
@@ -304,7 +296,9 @@ def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
             own = f[f.method != "sft"]
             ax.plot(own.kl, own.reward, "o", ms=3, color=color, alpha=0.4)
     if len(sft):
-        ax.errorbar(sft.kl, sft.reward, yerr=sft.reward_se, fmt="*", ms=12, color="black", label="SFT (pi_ref)")
+        label = "SFT (pi_ref)" + (f", mean ± sd of {len(sft)} pipeline seeds" if len(sft) > 1 else "")
+        spread = sft.reward.std(ddof=1) if len(sft) > 1 else float(sft.reward_se.iloc[0])
+        ax.errorbar([0.0], [sft.reward.mean()], yerr=[spread], fmt="*", ms=12, color="black", label=label)
     _axis_labels(ax.set_xlabel, ax.set_ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -383,10 +377,12 @@ def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
     sources = []
     for _, r in finals.sort_index().iterrows():
         if r.method == "sft":
-            f = run_root / "shared" / "sft" / "eval" / f"step{int(r.step):06d}.samples.jsonl"
+            f = _pipeline_folder(run_root, r.shared_seed) / "sft" / "eval" / f"step{int(r.step):06d}.samples.jsonl"
             label = "SFT"
         else:
-            f = run_root / f"seed{int(r.seed)}" / r.tag / "eval" / f"step{int(r.step):06d}.samples.jsonl"
+            seed, shared = int(r.seed), int(r.shared_seed)
+            folder = f"seed{seed}" if seed == shared else f"seed{seed}_sft{shared}"
+            f = run_root / folder / r.tag / "eval" / f"step{int(r.step):06d}.samples.jsonl"
             label = f"{_run_label(r.method, r.param)} (step {int(r.step)}, seed {int(r.seed)})"
         if f.exists():
             sources.append((label, [json.loads(x) for x in f.read_text().splitlines()[:n]]))
@@ -403,24 +399,31 @@ def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
 
 
 def reading(df: pd.DataFrame) -> list[str]:
-    """Plain statements computed from the table: the verdict on DPO against PPO and PPO-GT, which runs beat SFT,
-    and every method's reward at matched KL."""
+    """Plain statements computed from the points: the verdict on DPO against PPO and PPO-GT with its tests, which
+    runs beat their SFT, and every method's reward at matched KL."""
     sft = df[df.method == "sft"]
     if sft.empty:
         return []
     table = seed_table(df)
-    r0, se0 = float(sft.reward.iloc[0]), float(sft.reward_se.iloc[0])
-    lines = ["## Reading", "", verdict(table), "", *incomplete_note(df), f"- SFT (π_ref): r* = {r0:.4f} ± {se0:.4f}."]
+    sentence, results = verdict(df)
+    lines = ["## Verdict", "", sentence, "", *verdict_tables(results), *incomplete_note(df),
+             "## Reading", "",
+             f"- SFT (π_ref): r* = {sft.reward.mean():.4f} (mean over {len(sft)} pipeline seed(s)"
+             + (f", sd {sft.reward.std(ddof=1):.4f}" if len(sft) > 1 else f" ± {float(sft.reward_se.iloc[0]):.4f}")
+             + ")."]
+    sft_by_seed = sft.set_index("shared_seed")
     for method in _methods(df):
         group = df[df.method == method]
         finals = group.loc[group.groupby(["param", "seed"], dropna=False)["step"].idxmax()]
-        # above SFT by more than two standard errors of the difference (independent samples)
-        above = [r for _, r in finals.iterrows() if r.reward - r0 > 2 * (r.reward_se ** 2 + se0 ** 2) ** 0.5]
-        lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above SFT's by more than two "
-                     f"standard errors of the difference.")
+        # above its own SFT by more than two standard errors of the difference (independent samples)
+        above = [r for _, r in finals.iterrows() if r.shared_seed in sft_by_seed.index and
+                 r.reward - sft_by_seed.reward[r.shared_seed] >
+                 2 * (r.reward_se ** 2 + sft_by_seed.reward_se[r.shared_seed] ** 2) ** 0.5]
+        lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above their SFT's by more than "
+                     f"two standard errors of the difference.")
         if "mean_length" in df and finals.mean_length.notna().all() and sft.mean_length.notna().all():
             # Length is where a policy most often buys reward it was not meant to (reward hacking shows here).
-            sft_len = float(sft.mean_length.iloc[0])
+            sft_len = float(sft.mean_length.mean())
             lo, hi = finals.mean_length.min(), finals.mean_length.max()
             flag = " — **completions collapsed to under half of SFT's length**" if hi < sft_len / 2 else ""
             lines.append(f"  - final mean completion length {lo:.1f}-{hi:.1f} tokens (SFT {sft_len:.1f}), "
@@ -428,30 +431,68 @@ def reading(df: pd.DataFrame) -> list[str]:
     return lines + [""] + matched_kl(table)
 
 
+def verdict_tables(results: dict) -> list[str]:
+    """Per rival: the paired test at each compared budget (DPO − rival), the budgets left out and why, and how often
+    bootstrap resamples of the seeds give the same relation."""
+    lines = []
+    for rival, r in results.items():
+        name = NAMES.get(rival, rival)
+        lines += [f"**DPO vs {name}** ({r['n_seeds']} paired seeds: {', '.join(map(str, r['seeds']))}): "
+                  f"{r['relation']}; the same relation in {r['stability']['stability']:.1%} of "
+                  f"{r['stability']['n_boot']} bootstrap resamples of the seeds "
+                  f"({', '.join(f'{k} {v}' for k, v in r['stability']['counts'].items() if v)}).", ""]
+        comp = r["compared"]
+        if len(comp):
+            lines += ["| KL | seeds | DPO | " + name + " | DPO − " + name + " [95 % CI] | p | p (Holm) | "
+                      "min. detectable difference | result |", "|---" * 9 + "|"]
+            for _, c in comp.iterrows():
+                lines.append(f"| {c.budget:g} | {int(c.n)} | {c.mean_a:.3f} | {c.mean_b:.3f} | {c.mean_diff:+.3f} "
+                             f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}] | {c.p:.3g} | {c.p_holm:.3g} | {c.mdd:.3f} | "
+                             f"{c.sign} |")
+            lines.append("")
+        if r["left_out"]:
+            lines += ["Budgets left out (not every seed of both has its own checkpoint at or below the budget and a "
+                      "front reaching it):", ""] + [f"- KL {x['budget']:g}: {x['reason']}" for x in r["left_out"]]
+            lines.append("")
+    if results:
+        lines += [f"Paired t-test on the per-seed differences (seed s of both methods shares SFT and pairs), "
+                  f"two-sided, Holm-corrected over the budgets compared, α = {ALPHA:g}. Minimum detectable difference: "
+                  "the true difference a paired t-test at that α detects with 80 % power given the seeds' sd of the "
+                  "differences, (t_{1−α/2, n−1} + t_{0.8, n−1}) · sd / √n (uncorrected α; Holm makes it larger). "
+                  "Each seed's front is chosen on validation prefixes and read on test prefixes.", ""]
+    return lines
+
+
 def matched_kl(table: pd.DataFrame) -> list[str]:
     """seed_table as markdown: rows are KL budgets, one column per method, 'mean ± half-width (seeds)'."""
     methods = list(dict.fromkeys(table.method))
     if not methods:
         return []
-    lines = ["## Reward at matched KL (interpolated, mean across seeds, 95 % interval)", "",
-             "Each seed's Pareto front (its checkpoints plus the SFT point at KL 0) read at the KL by linear "
-             "interpolation between front points, flat after the last one up to the largest KL the seed reached, "
-             "never extrapolated; mean across the seeds that reach it ± the 95 % "
-             "t-interval half-width t_{0.975, n−1} · sd / √n, seed count in brackets, — where no seed reaches it"
+    lines = ["## Reward at matched KL (mean across seeds, 95 % interval)", "",
+             "Each seed's Pareto front is chosen on the validation prefixes (its checkpoints and its own SFT point); "
+             "its checkpoints' test r* is read at the KL by linear interpolation between front points, only between "
+             "the seed's own first and last front checkpoint (no chord from SFT, no flat extension, no "
+             "extrapolation); mean across the seeds that cover the KL ± the 95 % t-interval half-width "
+             "t_{0.975, n−1} · sd / √n, seed count in brackets (of the method's seeds), — where none covers it"
              + ("; Best-of-N's KL is analytic, log N − (N−1)/N." if "bon" in methods else "."), "",
-             "| KL | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+             "| KL | " + " | ".join(NAMES.get(m, m) for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for budget in dict.fromkeys(table.kl):
         rows = table[table.kl == budget].set_index("method")
         lines.append(f"| {budget:g} | " + " | ".join(_cell(rows.loc[m]) for m in methods) + " |")
+    lines += ["", "Across-seed sd of r* at each budget (the spread the seeds carry):", "",
+              "| KL | " + " | ".join(NAMES.get(m, m) for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for budget in dict.fromkeys(table.kl):
+        rows = table[table.kl == budget].set_index("method")
+        lines.append(f"| {budget:g} | " + " | ".join(_fmt(rows.loc[m, "sd"]) or "—" for m in methods) + " |")
     return lines + [""]
 
 
 def _cell(row: pd.Series) -> str:
-    """'0.751 ± 0.012 (3)'; no ± with one seed; — with none."""
-    n = int(row.n_seeds)
+    """'0.751 ± 0.012 (3/10)'; no ± with one seed; — with none."""
+    n, of = int(row.n_seeds), int(row.seeds)
     if n == 0:
         return "—"
-    return f"{row['mean']:.3f} ± {row.half_width:.3f} ({n})" if n >= 2 else f"{row['mean']:.3f} ({n})"
+    return f"{row['mean']:.3f} ± {row.half_width:.3f} ({n}/{of})" if n >= 2 else f"{row['mean']:.3f} ({n}/{of})"
 
 
 def final_checkpoints(df: pd.DataFrame) -> list[str]:
@@ -476,10 +517,11 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
     shared = run_root / "shared"
     sft, rew, pairs, data, tok = (_done(shared / s) for s in ("sft", "reward", "pairs", "data", "tokenizer"))
     stage_times = []
-    for s in SHARED_STAGES:
-        d = _done(shared / ("sft/eval" if s == "evaluate_sft" else s))
-        if d:
-            stage_times.append((s, d["wall_time_s"]))
+    for folder in [shared] + sorted(run_root.glob("pipeline*"), key=lambda p: int(p.name[8:] or 0)):
+        for s in SHARED_STAGES:
+            d = _done(folder / ("sft/eval" if s == "evaluate_sft" else s))
+            if d:
+                stage_times.append((s if folder == shared else f"{s} {folder.name}", d["wall_time_s"]))
     for run_dir in sorted(run_root.glob("seed*/*")):
         for sub, name in (("", "train"), ("eval", "evaluate")):
             d = _done(run_dir / sub if sub else run_dir)
@@ -497,10 +539,13 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
     dm, tm, sm, rm, pm = (x.get("metrics", {}) for x in (data, tok, sft, rew, pairs))
     per_corpus = ", ".join(f"{k.split('/')[1]} {v}" for k, v in rm.items() if k.startswith("test_accuracy/"))
     plain = ", ".join(f"{k.split('/')[1]} {v}" for k, v in rm.items() if k.startswith("plain_tfidf_test_accuracy/"))
-    out += [f"- Data: {dm.get('n_train')} train / {dm.get('n_test')} test documents ({dm.get('train_by_corpus')}).",
+    out += [f"- Data: {dm.get('n_train')} train / {dm.get('n_validation', 0)} validation / {dm.get('n_test')} test "
+            f"documents ({dm.get('train_by_corpus')}); the validation prefixes choose fronts, settings and r_phi's "
+            "checkpoint, the test prefixes give every number reported.",
             f"- Tokenizer: vocabulary {tm.get('vocab_size')}.",
-            f"- SFT policy (pi_ref): {_fmt(sm.get('n_params', 0) / 1e6, 2)}M parameters, {sm.get('steps')} steps; "
-            f"**held-out perplexity {sm.get('eval_perplexity')}** (eval loss {sm.get('eval_loss')}).",
+            f"- SFT policy (pi_ref) of pipeline seed 0: {_fmt(sm.get('n_params', 0) / 1e6, 2)}M parameters, "
+            f"{sm.get('steps')} steps; held-out perplexity {sm.get('eval_perplexity')} (every pipeline seed: "
+            "Reproducibility below).",
             f"- r* ({rm.get('kind')}): held-out accuracy {rm.get('test_accuracy')} "
             f"({per_corpus})"
             + (f"; plain TF-IDF + LR with function words kept, on the same split: {plain}" if plain else "")
@@ -510,12 +555,14 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
             f"mean length {pm.get('sft_mean_length')} tokens, EOS rate {pm.get('sft_eos_rate')}."]
     rmm = _done(shared / "reward_model").get("metrics", {})
     if rmm:
-        out.append(f"- Learned reward model r_phi (PPO's reward): **held-out pairwise accuracy "
-                   f"{rmm.get('eval_accuracy')}** on {rmm.get('n_eval_pairs')} pairs of held-out prefixes "
-                   f"(trained on {rmm.get('n_train_pairs')}; best checkpoint at step {rmm.get('best_step')} of "
-                   f"{rmm.get('steps')}). r* orders every pair correctly by construction.")
+        ci = rmm.get("eval_accuracy_ci95")
+        out.append(f"- Learned reward model r_phi (PPO's reward) of pipeline seed 0: pairwise accuracy "
+                   f"{rmm.get('eval_accuracy')}" + (f" [95 % {ci[0]}, {ci[1]}]" if ci else "")
+                   + f" on {rmm.get('n_eval_pairs')} pairs of test prefixes (trained on {rmm.get('n_train_pairs')}, "
+                   f"the pairs DPO trains on; checkpoint of step {rmm.get('best_step')} of {rmm.get('steps')}, "
+                   "chosen on validation pairs). r* orders every pair correctly by construction.")
     out.append("")
-    out += reading(df) + (winrate_lines or []) + final_checkpoints(df)
+    out += reading(df) + reproducibility(run_root, df) + (winrate_lines or []) + final_checkpoints(df)
     out += ["## What the reward bought: completions of the same held-out prefixes", "",
             "Last checkpoint of one run per method and parameter (its smallest seed), first samples of the "
             "evaluation set (text as the tokenizer decodes it).", ""]
@@ -553,45 +600,44 @@ def step_costs(run_root: Path) -> list[str]:
     return lines + [""]
 
 
-def preset_changes(before_dir: Path, df: pd.DataFrame) -> list[str]:
-    """The effect of a change of the preset on the frontier: `before_dir` holds the previous run's frontier.csv and
-    changes.md (what changed, as a markdown list); a table of each method's matched-KL reward before and after."""
-    csv, notes = before_dir / "frontier.csv", before_dir / "changes.md"
-    if not csv.exists() or not notes.exists():
-        return []
-    before = pd.read_csv(csv)
-    for col in NUMERIC:
-        if col in before:
-            before[col] = pd.to_numeric(before[col], errors="coerce")
-    # Like for like: "after" on the seeds the before run has too (a one-seed before against a three-seed mean would
-    # mix a preset's effect with seed noise); the mean over every seed of this run stands beside it when it has more.
-    same = df[df.seed.isin(set(before.seed.dropna())) | (df.method == "sft")]
-    old, new = (seed_table(d).set_index(["method", "kl"]) for d in (before, same))
-    every = seed_table(df).set_index(["method", "kl"])
-    more = set(df.seed.dropna()) - set(before.seed.dropna())
-    seeds = ", ".join(f"{s:g}" for s in sorted(set(before.seed.dropna())))
-    lines = ["## Preset changes since the previous committed run, and their effect on the frontier", "",
-             notes.read_text().strip(), "",
-             f"Before: `{csv}` (that run's frontier.csv). Mean interpolated r* at matched KL (as above) on the seeds "
-             f"both runs have (seed {seeds}), after − before; — where a run does not reach that KL."
-             + (" The last column is this run's mean over all its seeds (± 95 % interval, seed count)."
-                if more else ""),
-             "", "| method | KL | before | after | after − before |" + (" after, all seeds |" if more else ""),
-             "|---|---|---|---|---|" + ("---|" if more else "")]
-    sft_b, sft_a = before[before.method == "sft"], df[df.method == "sft"]
-    if len(sft_b) and len(sft_a):
-        b, a = float(sft_b.reward.iloc[0]), float(sft_a.reward.iloc[0])
-        lines.append(f"| SFT | 0 | {b:.3f} | {a:.3f} | {a - b:+.3f} |" + (f" {a:.3f} |" if more else ""))
-    for method, budget in new.index:
-        a = new.loc[(method, budget), "mean"]
-        b = old.loc[(method, budget), "mean"] if (method, budget) in old.index else float("nan")
-        diff = f"{a - b:+.3f}" if not (np.isnan(a) or np.isnan(b)) else "—"
-        row = f"| {NAMES.get(method, method)} | {budget:g} | {_fmt(b) or '—'} | {_fmt(a) or '—'} | {diff} |"
-        if more:
-            e = every.loc[(method, budget)]
-            row += f" {_cell(e) or '—'} |"
-        lines.append(row)
-    return lines + [""]
+def _pipeline_folder(run_root: Path, seed: int) -> Path:
+    return run_root / ("shared" if int(seed) == 0 else f"pipeline{int(seed)}")
+
+
+def reproducibility(run_root: Path, df: pd.DataFrame) -> list[str]:
+    """What the numbers depend on: the machines and builds the stages ran on (from the done-markers), each pipeline
+    seed's SFT and r_phi, and the spread that the seeds carry."""
+    envs: dict[str, int] = {}
+    for p in run_root.glob("**/done.json"):
+        e = _done(p.parent).get("environment") or {}
+        if e:
+            torch_ = e.get("torch") or {}
+            key = (f"{e.get('cpu_model') or e.get('cpu') or 'unknown CPU'}"
+                   + (f", GPU {e['gpus']}" if e.get("gpus") else "")
+                   + f"; torch {torch_.get('version') if isinstance(torch_, dict) else torch_}")
+            envs[key] = envs.get(key, 0) + 1
+    lines = ["## Reproducibility", "",
+             "The same command on the same machine gives byte-identical evaluation files (tests/integration/"
+             "test_rerun_identical.py); on another CPU model or torch build the floating-point path differs and the "
+             "numbers move (a reviewer saw PPO move by 0.15 in r* between two 2-core machines of one kind). A single "
+             "run is one draw: the seeds, each re-training SFT, the pairs and r_phi, carry the claim.", ""]
+    if envs:
+        lines += ["Stages of these results ran on: " + "; ".join(f"{k} ({n} stage(s))" for k, n in envs.items())
+                  + ".", ""]
+    seeds = sorted({int(s) for s in df.loc[df.method == "sft", "shared_seed"].dropna()})
+    if seeds:
+        lines += ["| pipeline seed | SFT perplexity | SFT r* (test) | pairs | r_phi test accuracy [95 %] |",
+                  "|---|---|---|---|---|"]
+        for seed in seeds:
+            folder = _pipeline_folder(run_root, seed)
+            sm, pm, rm = (_done(folder / s).get("metrics", {}) for s in ("sft", "pairs", "reward_model"))
+            sft = df[(df.method == "sft") & (df.shared_seed == seed)]
+            ci = rm.get("eval_accuracy_ci95")
+            lines.append(f"| {seed} | {sm.get('eval_perplexity', '—')} | {_fmt(float(sft.reward.iloc[0]), 4)} | "
+                         f"{pm.get('n_pairs', '—')} | {rm.get('eval_accuracy', '—')}"
+                         + (f" [{ci[0]}, {ci[1]}]" if ci else "") + " |")
+        lines.append("")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -614,9 +660,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = winrate.write(run_root, out_dir, args.task, args.preset, REFERENCES.get(args.task, "the reference"))
     from analysis import cost
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
-    changes = preset_changes(out_dir / "before", df)
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
-                                                lines) + "\n".join(cost_lines + changes))
+                                                lines) + "\n".join(cost_lines))
     print(f"wrote {out_dir}/frontier.csv, frontier.png, frontier_runs.png, summary.md ({len(df)} points)")
 
 

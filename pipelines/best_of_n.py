@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
-from pipelines.evaluate import test_prompts
+from pipelines.evaluate import eval_prompts
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.reward import load_reward
 from pipelines.sampling import sample_completions
@@ -60,10 +60,15 @@ def samples_dir(cfg: DictConfig, temperature: float) -> Path:
     return root / f"T{temperature:g}" if is_text_task(cfg) else root
 
 
-def held_out_prompts(cfg: DictConfig, tokenizer) -> list[list[int]]:
+def held_out_prompts(cfg: DictConfig, tokenizer) -> tuple[list[list[int]], list[str]]:
+    """(prompts, split of each). Sentiment: every method's evaluation prefixes, test then validation (the same
+    prefixes every other frontier point is measured on; method.n_prompts may only cap them for a quick run)."""
     if is_text_task(cfg):
-        return [r["prompt_ids"] for r in eval_rows(cfg, tokenizer, cfg.method.n_prompts or cfg.task.winrate.n_prompts)]
-    return test_prompts(cfg, tokenizer, cfg.method.n_prompts)
+        rows = eval_rows(cfg, tokenizer, cfg.method.n_prompts or cfg.task.winrate.n_prompts)
+        return [r["prompt_ids"] for r in rows], ["test"] * len(rows)
+    test = eval_prompts(cfg, tokenizer, "test", cfg.method.n_prompts)
+    validation = eval_prompts(cfg, tokenizer, "validation")
+    return test + validation, ["test"] * len(test) + ["validation"] * len(validation)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -76,7 +81,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(sft_dir)
     policy = load_policy(sft_dir, device)
     scorer = load_scorer(cfg, device)
-    prompts = held_out_prompts(cfg, tokenizer)
+    prompts, splits = held_out_prompts(cfg, tokenizer)
     n_max = max(m.n_grid)
     chunks = range(0, len(prompts), m.chunk_prompts)
     t0, sampled = time.time(), 0
@@ -94,8 +99,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                              batch_size=m.sample_batch_size, seed=cfg.seed, tag=f"{tag}/{c}",
                                              temperature=temperature)
             scores = scorer(repeated, completions)
-            write_jsonl(path, [{"prompt_ids": p, "completions": completions[i * n_max:(i + 1) * n_max],
-                                "scores": scores[i * n_max:(i + 1) * n_max]} for i, p in enumerate(batch)])
+            write_jsonl(path, [{"prompt_ids": p, "split": split, "completions": completions[i * n_max:(i + 1) * n_max],
+                                "scores": scores[i * n_max:(i + 1) * n_max]}
+                               for i, (p, split) in enumerate(zip(batch, splits[start:start + m.chunk_prompts]))])
             sampled += len(repeated)
     seconds = time.time() - t0
     return {"n_prompts": len(prompts), "n_max": n_max, "samples_this_run": sampled,
@@ -105,7 +111,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def selections(cfg: DictConfig, temperature: float, n: int) -> list[list[int]]:
     """The r_phi-best of the first n samples of each held-out prompt at one sampled temperature (token ids)."""
-    rows = [r for f in sorted(samples_dir(cfg, temperature).glob("chunk*.jsonl")) for r in read_jsonl(f)]
+    rows = [r for f in sorted(samples_dir(cfg, temperature).glob("chunk*.jsonl")) for r in read_jsonl(f)
+            if r.get("split", "test") == "test"]
     if not rows:
         raise UserError(f"best-of-N has no samples at T={temperature:g} in {samples_dir(cfg, temperature)}; "
                         "rerun its train stage")
@@ -113,37 +120,50 @@ def selections(cfg: DictConfig, temperature: float, n: int) -> list[list[int]]:
     return [r["completions"][i] for r, i in zip(rows, picks)]
 
 
+def _split_point(tokenizer, reward, rows: list[dict], n: int) -> tuple[dict, list[dict]]:
+    """r* of the r_phi-best of the first n samples of each row's prefix: (metrics, per-prefix rows)."""
+    picks = select_best([r["scores"] for r in rows], n)
+    prompts = [r["prompt_ids"] for r in rows]
+    completions = [r["completions"][i] for r, i in zip(rows, picks)]
+    texts = tokenizer.batch_decode([p + c for p, c in zip(prompts, completions)], skip_special_tokens=True)
+    rewards = list(reward(texts))
+    k = len(rewards)
+    mean = sum(rewards) / k
+    se = math.sqrt(sum((x - mean) ** 2 for x in rewards) / (k - 1) / k) if k > 1 else float("nan")
+    prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
+    samples = [{"prompt": pt, "completion": t[len(pt):] if t.startswith(pt) else tokenizer.decode(c),
+                "completion_ids": c, "reward": r, "proxy_score": row["scores"][i]}
+               for pt, t, c, r, row, i in zip(prompt_texts, texts, completions, rewards, rows, picks)]
+    eos = tokenizer.eos_token_id
+    metrics = {"kl": analytic_kl(n), "kl_se": 0.0, "reward": mean, "reward_se": se, "n": k,
+               "proxy_score": sum(row["scores"][i] for row, i in zip(rows, picks)) / k,
+               "mean_length": sum(len(c) for c in completions) / k,
+               "eos_rate": sum(c[-1] == eos for c in completions) / k}
+    return metrics, samples
+
+
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    """One frontier point per N: r* of the r_phi-best of the first N samples of each prefix."""
+    """One frontier point per N: r* of the r_phi-best of the first N samples of each prefix, on the test prefixes
+    (kl, reward, ...) and the validation prefixes (val_kl, val_reward, ...), as every other method's points."""
     m = cfg.method
     tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
     rows = [r for f in sorted(samples_dir(cfg, cfg.task.generation.temperature).glob("chunk*.jsonl"))
             for r in read_jsonl(f)]
+    by_split = {split: [r for r in rows if r.get("split", "test") == split] for split in ("test", "validation")}
     reward = load_reward(cfg)
-    eos = tokenizer.eos_token_id
     points = {}
     for n in sorted(m.n_grid):
         path = out_dir / f"step{n:06d}.json"
         if not path.exists():
-            picks = select_best([r["scores"] for r in rows], n)
-            prompts = [r["prompt_ids"] for r in rows]
-            completions = [r["completions"][i] for r, i in zip(rows, picks)]
-            texts = tokenizer.batch_decode([p + c for p, c in zip(prompts, completions)], skip_special_tokens=True)
-            rewards = list(reward(texts))
-            k = len(rewards)
-            mean = sum(rewards) / k
-            se = math.sqrt(sum((x - mean) ** 2 for x in rewards) / (k - 1) / k) if k > 1 else float("nan")
-            prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=True)
-            write_jsonl(out_dir / f"step{n:06d}.samples.jsonl", [
-                {"prompt": pt, "completion": t[len(pt):] if t.startswith(pt) else tokenizer.decode(c),
-                 "completion_ids": c, "reward": r, "proxy_score": row["scores"][i]}
-                for pt, t, c, r, row, i in zip(prompt_texts, texts, completions, rewards, rows, picks)])
-            metrics = {"method": m.name, "tag": m.tag, "param": n, "seed": cfg.seed, "step": n,
-                       "kl": analytic_kl(n), "kl_se": 0.0, "kl_kind": "analytic", "reward": mean, "reward_se": se,
-                       "n": k, "proxy_score": sum(row["scores"][i] for row, i in zip(rows, picks)) / k,
-                       "mean_length": sum(len(c) for c in completions) / k,
-                       "eos_rate": sum(c[-1] == eos for c in completions) / k}
+            metrics, samples = _split_point(tokenizer, reward, by_split["test"], n)
+            write_jsonl(out_dir / f"step{n:06d}.samples.jsonl", samples)
+            if by_split["validation"]:
+                found, _ = _split_point(tokenizer, reward, by_split["validation"], n)
+                metrics.update({f"val_{k}": v for k, v in found.items()})
+            metrics.update({"method": m.name, "tag": m.tag, "param": n, "seed": cfg.seed,
+                            "shared_seed": cfg.shared_seed, "step": n, "kl_kind": "analytic"})
             atomic_write_json(path, metrics)
-            log.info("eval best-of-%d: KL %.3f (analytic), reward %.4f +- %.4f", n, metrics["kl"], mean, se)
+            log.info("eval best-of-%d: KL %.3f (analytic), reward %.4f +- %.4f (test)", n, metrics["kl"],
+                     metrics["reward"], metrics["reward_se"])
         points[n] = path.name
     return {"points": points}

@@ -5,7 +5,8 @@ Sources (task.data.source):
             downloaded from Debian's archive into a git-ignored cache (the package is never installed).
   hf        a Hugging Face dataset with text,label columns (paper: stanfordnlp/imdb, its own train/test splits).
   local     files with text,label columns: .jsonl/.json, .parquet or .csv.
-Writes train.jsonl and test.jsonl (text, label in {0, 1}, corpus) and stats.json.
+Held-out documents are split again into validation (selection) and test (reporting): task.data.validation_fraction.
+Writes train.jsonl, validation.jsonl and test.jsonl (text, label in {0, 1}, corpus) and stats.json.
 """
 from __future__ import annotations
 
@@ -196,6 +197,21 @@ def split_docs(docs: list[dict], test_fraction: float, seed: int, max_docs: int 
     return train, test
 
 
+def split_validation(held_out: list[dict], fraction: float, seed: int) -> tuple[list, list]:
+    """Held-out documents -> (validation, test), stratified by corpus and deterministic. Validation prefixes pick
+    checkpoints, fronts and settings; test prefixes, which no selection sees, give every reported number."""
+    if not 0 <= fraction < 1:
+        raise UserError(f"task.data.validation_fraction must be in [0, 1), got {fraction}")
+    validation, test = [], []
+    for corpus in sorted({d["corpus"] for d in held_out}):
+        group = [d for d in held_out if d["corpus"] == corpus]
+        random.Random(f"{seed}-{corpus}-validation").shuffle(group)
+        n_val = round(len(group) * fraction)
+        validation += group[:n_val]
+        test += group[n_val:]
+    return validation, test
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from pipelines import text_task
     if text_task.is_text_task(cfg):  # summarization, dialogue: prompts, answers and pairs from the data
@@ -203,9 +219,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     d = cfg.task.data
     if d.source == "embedded":
         train, test = split_docs(read_embedded(cfg.paths.cache, list(d.embedded_corpora)), d.test_fraction,
-                                 cfg.shared_seed, d.max_docs)
+                                 cfg.data_seed, d.max_docs)
     elif d.source == "local":
-        train, test = split_docs(read_local(d.local_files), d.test_fraction, cfg.shared_seed, d.max_docs)
+        train, test = split_docs(read_local(d.local_files), d.test_fraction, cfg.data_seed, d.max_docs)
     elif d.source == "hf":
         splits = read_hf(d.hf_id)
         if "test" in splits:  # keep the dataset's own split (IMDb: 25k/25k)
@@ -213,14 +229,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             if d.max_docs:
                 train, test = train[:d.max_docs], test[:d.max_docs]
         else:
-            train, test = split_docs(splits["train"], d.test_fraction, cfg.shared_seed, d.max_docs)
+            train, test = split_docs(splits["train"], d.test_fraction, cfg.data_seed, d.max_docs)
     else:
         raise UserError(f"task.data.source: unknown source '{d.source}' (embedded, hf or local)")
+    validation, test = split_validation(test, d.get("validation_fraction") or 0.0, cfg.data_seed)
     if len(train) < 2 or len(test) < 1:
         raise UserError(f"too few documents after the split: {len(train)} train, {len(test)} test")
     write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "validation.jsonl", validation)
     write_jsonl(out_dir / "test.jsonl", test)
-    stats = {"n_train": len(train), "n_test": len(test),
+    stats = {"n_train": len(train), "n_validation": len(validation), "n_test": len(test),
              "train_by_corpus": dict(Counter(x["corpus"] for x in train)),
              "test_by_corpus": dict(Counter(x["corpus"] for x in test)),
              "train_positive_fraction": round(sum(x["label"] for x in train) / len(train), 4)}

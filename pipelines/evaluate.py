@@ -1,7 +1,7 @@
 """Evaluation stage, shared by every method: one frontier point per policy snapshot.
 
 For each snapshot of the method (and the SFT policy itself for method=sft): sample completions on the held-out
-test prefixes from the policy's full distribution, score them with r*, and estimate the sequence-level
+test prefixes (and, separately, on the validation prefixes) from the policy's full distribution, score them with r*, and estimate the sequence-level
 KL(pi || pi_SFT) from the same samples. Writes eval/step<N>.json (metrics) and eval/step<N>.samples.jsonl.
 Each snapshot's file is written once, so an interrupted evaluation resumes where it stopped.
 """
@@ -18,7 +18,7 @@ from pipelines.data import load_split
 from pipelines.models import load_policy, load_tokenizer
 from pipelines.prompts import make_prefixes
 from pipelines.reward import Reward, load_reward
-from pipelines.sampling import sample_completions, sequence_logprobs
+from pipelines.sampling import batch_seed, sample_completions, sequence_logprobs
 
 log = logging.getLogger(__name__)
 METRIC_DIR = Path(__file__).parent / "metrics" / "sequence_kl_reward"
@@ -58,42 +58,66 @@ def method_snapshots(cfg: DictConfig) -> list[tuple[int, Path]]:
     return [(int(p.name[4:]), p) for p in found]
 
 
+def eval_prompts(cfg: DictConfig, tokenizer, split: str = "test", n: int | None = None) -> list[list[int]]:
+    """The held-out prefixes of `split` (test: task.eval.n_prompts of them; validation: n_validation_prompts), the
+    same for every method and seed (drawn with data_seed)."""
+    e = cfg.task.eval
+    n = n or (e.n_prompts if split == "test" else e.get("n_validation_prompts") or 0)
+    if n == 0:
+        return []
+    rows = make_prefixes(load_split(cfg.paths.data, split), tokenizer, n, cfg.task.prompt.min_tokens,
+                         cfg.task.prompt.max_tokens, cfg.data_seed, split)
+    return [x["prompt_ids"] for x in rows]
+
+
 def test_prompts(cfg: DictConfig, tokenizer, n: int | None = None) -> list[list[int]]:
-    """The held-out evaluation prefixes (the first n of them), the same for every method and seed."""
-    test = make_prefixes(load_split(cfg.paths.data, "test"), tokenizer, n or cfg.task.eval.n_prompts,
-                         cfg.task.prompt.min_tokens, cfg.task.prompt.max_tokens, cfg.shared_seed, "test")
-    return [x["prompt_ids"] for x in test]
+    """The held-out test prefixes (the first n of them)."""
+    return eval_prompts(cfg, tokenizer, "test", n)
 
 
 def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Path]], meta: dict, seed: int
                     ) -> dict:
-    """Evaluate each (step, policy folder) that has no result file yet; the reference is always the SFT policy."""
+    """Evaluate each (step, policy folder) that has no result file yet, on the test prefixes (the reported numbers:
+    kl, reward, ...) and on the validation prefixes (val_kl, val_reward, ...: what selection may look at). The
+    reference is always the SFT policy of the run's pipeline seed."""
     e, g = cfg.task.eval, cfg.task.generation
     device = pick_device(cfg.device)
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
     ref = load_policy(sft_dir, device)
     reward = load_reward(cfg)
-    prompts = [p for p in test_prompts(cfg, tokenizer) for _ in range(e.samples_per_prompt)]
+    splits = {"test": [p for p in eval_prompts(cfg, tokenizer, "test") for _ in range(e.samples_per_prompt)],
+              "validation": [p for p in eval_prompts(cfg, tokenizer, "validation")
+                             for _ in range(e.samples_per_prompt)]}
     points = {}
     for step, folder in policies:
         path = out_dir / f"step{step:06d}.json"
         if not path.exists():
             policy = ref if Path(folder) == sft_dir else load_policy(folder, device)
-            metrics, rows = evaluate_policy(policy, ref, tokenizer, reward, prompts, max_new_tokens=g.max_new_tokens,
-                                            batch_size=g.batch_size, seed=seed, temperature=g.temperature,
-                                            desc=f"eval {meta['tag']} step {step}")
-            metrics.update(meta, seed=seed, step=step)
-            write_jsonl(out_dir / f"step{step:06d}.samples.jsonl", rows)
+            metrics: dict = {}
+            for split, prompts in splits.items():
+                if not prompts:
+                    continue
+                # The validation prefixes draw their own samples (seed tag eval/validation), independent of test's.
+                found, rows = evaluate_policy(policy, ref, tokenizer, reward, prompts,
+                                              max_new_tokens=g.max_new_tokens, batch_size=g.batch_size,
+                                              seed=seed if split == "test" else batch_seed(seed, "eval/validation", 0),
+                                              temperature=g.temperature, desc=f"eval {meta['tag']} step {step}")
+                if split == "test":
+                    metrics.update(found)
+                    write_jsonl(out_dir / f"step{step:06d}.samples.jsonl", rows)
+                else:
+                    metrics.update({f"val_{k}": v for k, v in found.items()})
+            metrics.update(meta, seed=seed, shared_seed=cfg.shared_seed, step=step)
             atomic_write_json(path, metrics)
-            log.info("eval %s step %d: KL %.3f +- %.3f, reward %.4f +- %.4f", meta["tag"], step, metrics["kl"],
-                     metrics["kl_se"], metrics["reward"], metrics["reward_se"])
+            log.info("eval %s step %d: KL %.3f +- %.3f, reward %.4f +- %.4f (test)", meta["tag"], step,
+                     metrics["kl"], metrics["kl_se"], metrics["reward"], metrics["reward_se"])
         points[step] = path.name
     return {"points": points}
 
 
 def run_sft(cfg: DictConfig, out_dir: Path) -> dict:
-    """The SFT policy's own point (KL 0), the frontier's anchor; shared by every method and seed."""
+    """The SFT policy's own point (KL 0), the frontier's anchor of every method run on its pipeline seed."""
     return evaluate_points(cfg, out_dir, [(0, Path(cfg.paths.sft) / "policy")],
                            {"method": "sft", "tag": "sft", "param": None}, cfg.shared_seed)
 

@@ -6,7 +6,9 @@ the model that sampled it, and stored with the pairs as ref_chosen_logps / ref_r
 cDPO run then skips the reference forward pass (a quarter of a DPO step's compute), and each sample is scored once
 rather than once per pair it appears in (3 pairs each at k = 4).
 Resumable: prompts are processed in chunks, each chunk written once with its own seed.
-Reads sft/policy, reward/, data/. Writes chunks/, pairs.jsonl."""
+Also samples pairs the same way for validation and test prefixes (pairs_validation.jsonl, pairs_test.jsonl): the
+learned reward model's checkpoint selection and its reported accuracy; nothing trains on them.
+Reads sft/policy, reward/, data/. Writes chunks*/, pairs.jsonl, pairs_validation.jsonl, pairs_test.jsonl."""
 from __future__ import annotations
 
 import itertools
@@ -53,20 +55,13 @@ def reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completio
         return sequence_logprobs(policy, prompts, completions, cfg.task.generation.batch_size)
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from pipelines import text_task
-    if text_task.is_text_task(cfg):  # summarization, dialogue: the data's own (human) comparisons
-        return text_task.run_pairs(cfg, out_dir)
+def _sample_rows(cfg: DictConfig, policy, tokenizer, reward, prompts: list[dict], chunk_dir: Path, tag: str,
+                 desc: str) -> list[dict]:
+    """k completions per prefix with their r* and SFT log-probs, in chunks written once each (resumable)."""
     p, g = cfg.task.pairs, cfg.task.generation
-    tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
-    policy = load_policy(Path(cfg.paths.sft) / "policy", pick_device(cfg.device))
-    reward = load_reward(cfg)
-    prompts = make_prefixes(load_split(cfg.paths.data, "train"), tokenizer, p.n_prompts, cfg.task.prompt.min_tokens,
-                            cfg.task.prompt.max_tokens, cfg.shared_seed, "train")
-    chunk_dir = out_dir / "chunks"
     chunk_dir.mkdir(exist_ok=True)
     n_chunks = (len(prompts) + p.chunk_size - 1) // p.chunk_size
-    for c in tqdm(range(n_chunks), desc="pairs: sampling chunks"):
+    for c in tqdm(range(n_chunks), desc=desc):
         path = chunk_dir / f"{c:05d}.jsonl"
         if path.exists():
             continue  # finished before an interruption
@@ -74,7 +69,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         repeated = [x["prompt_ids"] for x in chunk for _ in range(p.samples_per_prompt)]
         completions = sample_completions(policy, repeated, max_new_tokens=g.max_new_tokens,
                                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                         batch_size=g.batch_size, seed=cfg.shared_seed, tag=f"pairs/{c}",
+                                         batch_size=g.batch_size, seed=cfg.shared_seed, tag=f"{tag}/{c}",
                                          temperature=g.temperature)
         rewards = reward(tokenizer.batch_decode([x + y for x, y in zip(repeated, completions)],
                                                 skip_special_tokens=True))
@@ -84,20 +79,55 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                             "completions": completions[i * k:(i + 1) * k], "rewards": rewards[i * k:(i + 1) * k],
                             "sft_logps": logps[i * k:(i + 1) * k]}
                            for i, x in enumerate(chunk)])
-    pairs, ties, samples = [], 0, []
+    rows = []
     for c in range(n_chunks):
         for row in read_jsonl(chunk_dir / f"{c:05d}.jsonl"):
             if "sft_logps" not in row:  # a chunk written before the log-probs were stored with it
                 row["sft_logps"] = reference_logps(cfg, policy, [row["prompt_ids"]] * len(row["completions"]),
                                                     row["completions"])
-            new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], p.tie_threshold,
-                                row["sft_logps"])
-            pairs += new
-            ties += t
-            samples += list(zip(row["completions"], row["rewards"]))
+            rows.append(row)
+    return rows
+
+
+def _ranked(rows: list[dict], tie_threshold: float) -> tuple[list[dict], int]:
+    pairs, ties = [], 0
+    for row in rows:
+        new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], tie_threshold, row["sft_logps"])
+        pairs += new
+        ties += t
+    return pairs, ties
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from pipelines import text_task
+    if text_task.is_text_task(cfg):  # summarization, dialogue: the data's own (human) comparisons
+        return text_task.run_pairs(cfg, out_dir)
+    p = cfg.task.pairs
+    tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
+    policy = load_policy(Path(cfg.paths.sft) / "policy", pick_device(cfg.device))
+    reward = load_reward(cfg)
+    prompts = make_prefixes(load_split(cfg.paths.data, "train"), tokenizer, p.n_prompts, cfg.task.prompt.min_tokens,
+                            cfg.task.prompt.max_tokens, cfg.shared_seed, "train")
+    rows = _sample_rows(cfg, policy, tokenizer, reward, prompts, out_dir / "chunks", "pairs", "pairs: sampling chunks")
+    pairs, ties = _ranked(rows, p.tie_threshold)
     write_jsonl(out_dir / "pairs.jsonl", pairs)
+    samples = [(c, r) for row in rows for c, r in zip(row["completions"], row["rewards"])]
+    # Held-out pairs, sampled the same way on validation and test prefixes (the evaluation's prefixes, drawn with
+    # data_seed): r_phi's checkpoint selection and its reported accuracy. No method trains on them.
+    held_out = {}
+    for split in ("validation", "test"):
+        n = p.get(f"n_{split}_prompts") or 0
+        if n == 0:
+            continue
+        split_prompts = make_prefixes(load_split(cfg.paths.data, split), tokenizer, n, cfg.task.prompt.min_tokens,
+                                      cfg.task.prompt.max_tokens, cfg.data_seed, split)
+        split_rows = _sample_rows(cfg, policy, tokenizer, reward, split_prompts, out_dir / f"chunks_{split}",
+                                  f"pairs_{split}", f"pairs: {split} prefixes")
+        split_pairs, _ = _ranked(split_rows, p.tie_threshold)
+        write_jsonl(out_dir / f"pairs_{split}.jsonl", split_pairs)
+        held_out[f"n_{split}_pairs"] = len(split_pairs)
     eos = tokenizer.eos_token_id
-    stats = {"n_prompts": len(prompts), "n_pairs": len(pairs), "n_ties_dropped": ties,
+    stats = {"n_prompts": len(prompts), "n_pairs": len(pairs), "n_ties_dropped": ties, **held_out,
              "sft_mean_reward": round(sum(r for _, r in samples) / len(samples), 4),
              "sft_mean_length": round(sum(len(c) for c, _ in samples) / len(samples), 2),
              "sft_eos_rate": round(sum(c[-1] == eos for c, _ in samples) / len(samples), 4),

@@ -158,13 +158,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if r.kind == "tfidf_cosine":
         model = TfidfCosine.fit([judge_prompt(x["prompt"]) + " " + x["completion"] for x in train])
     elif r.kind == "word_pair_logreg":
-        pairs = mismatched_pairs(train, cfg.shared_seed)
+        pairs = mismatched_pairs(train, cfg.data_seed)
         model = WordPairLogReg.fit([{**p, "prompt": judge_prompt(p["prompt"])} for p in pairs], r.buckets,
-                                   r.epochs, r.learning_rate, cfg.shared_seed)
+                                   r.epochs, r.learning_rate, cfg.data_seed)
     else:
         raise UserError(f"task.reward.kind: unknown kind '{r.kind}' for task '{cfg.task.name}' ({KINDS})")
     model.save(out_dir)
-    held_out = mismatched_pairs(test, cfg.shared_seed + 1)
+    held_out = mismatched_pairs(test, cfg.data_seed + 1)
     metrics = {"kind": r.kind, "test_pair_accuracy": round(pair_accuracy(model, held_out), 4),
                "n_test_pairs": len(held_out)}
     log.info("r*: %s", metrics)

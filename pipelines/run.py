@@ -117,28 +117,29 @@ def _evaluate(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 STAGES = {s.name: s for s in [
-    Stage("data", data.run, ("task.data", "shared_seed"), (), lambda c: Path(c.paths.data),
+    Stage("data", data.run, ("task.data", "data_seed"), (), lambda c: Path(c.paths.data),
           fingerprint=_local_file_checksums),
     Stage("tokenizer", tokenizer.run, ("model.pretrained", "model.tokenizer"), ("data",),
           lambda c: Path(c.paths.tokenizer)),
     # Prompt-response tasks: which examples fit and where answers are cut, and the loss mask, shape the SFT data too.
-    Stage("sft", sft.run, lambda c: ("model",) + (("task.sft", "task.prompt", "task.generation.max_new_tokens")
+    Stage("sft", sft.run, lambda c: ("model", "shared_seed") + (("task.sft", "task.prompt", "task.generation.max_new_tokens")
                                                   if is_text_task(c) else ()),
           ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
-    Stage("reward", reward.run, ("task.reward",), ("data",), lambda c: Path(c.paths.reward)),
-    Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation"),
+    Stage("reward", reward.run, ("task.reward", "data_seed"), ("data",), lambda c: Path(c.paths.reward)),
+    Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation", "data_seed",
+                                             "shared_seed"),
           ("data", "sft", "reward"), lambda c: Path(c.paths.sft) / "eval"),
     # Prompt-response tasks take their pairs from the data: no r*.
-    Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation"),
+    Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation", "data_seed", "shared_seed"),
           lambda c: ("data", "sft") if is_text_task(c) else ("data", "sft", "reward"), lambda c: Path(c.paths.pairs)),
-    Stage("reward_model", reward_model.run, ("reward_model",), ("sft", "pairs"),
+    Stage("reward_model", reward_model.run, ("reward_model", "shared_seed"), ("sft", "pairs"),
           lambda c: Path(c.paths.reward_model), distributed=True),
     # Best-of-N of a prompt-response task samples at each win-rate temperature, for the win-rate prompts.
     Stage("train", _train, lambda c: (ON_POLICY_KEYS + (("task.winrate",) if is_text_task(c) and c.method.name == "bon"
                                                         else ())) if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
           lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method),
           distributed=lambda c: METHODS[c.method.name].in_all_processes()),
-    Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed"),
+    Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed", "data_seed"),
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
     # Keyed by the judge's identity (not its concurrency or retry settings), so a rerun with other limits resumes.
     # Prompt-response tasks judge against the data's answers (no evaluation stage); their prompt cap picks the prompts.

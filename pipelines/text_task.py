@@ -58,9 +58,9 @@ def _summarization(cfg: DictConfig) -> tuple[dict[str, list[dict]], dict]:
     if d.source == "embedded":
         rows, stats = embedded_text.load_debian_summaries(cfg.paths.cache, d.embedded_min_words,
                                                           d.embedded_max_words)
-        train, test = embedded_text.split_by_group(rows, d.test_fraction, cfg.shared_seed)
+        train, test = embedded_text.split_by_group(rows, d.test_fraction, cfg.data_seed)
         sft = [{"prompt": r["prompt"], "completion": r["completion"]} for r in train]
-        return {"train": sft, "prefs": embedded_text.mismatched_pairs(sft, cfg.shared_seed),
+        return {"train": sft, "prefs": embedded_text.mismatched_pairs(sft, cfg.data_seed),
                 "test": [{"prompt": r["prompt"], "reference": r["completion"]} for r in test]}, stats
     if d.source == "hf":
         h = d.hf
@@ -93,8 +93,8 @@ def _dialogue(cfg: DictConfig) -> tuple[dict[str, list[dict]], dict]:
     d = cfg.task.data
     if d.source == "embedded":
         rows, stats = embedded_text.load_chitchat(cfg.paths.cache)
-        train, test = embedded_text.split_by_group(rows, d.test_fraction, cfg.shared_seed)
-        prefs = embedded_text.mismatched_pairs(train, cfg.shared_seed)
+        train, test = embedded_text.split_by_group(rows, d.test_fraction, cfg.data_seed)
+        prefs = embedded_text.mismatched_pairs(train, cfg.data_seed)
         test_prefs = [{"prompt": r["prompt"], "chosen": r["completion"]} for r in test]
     else:
         if d.source == "hf":
@@ -126,7 +126,7 @@ def run_data(cfg: DictConfig, out_dir: Path) -> dict:
     caps = {"train": d.max_sft, "prefs": d.max_pairs, "test": d.max_test, "ood": d.max_test}
     counts = {}
     for name, rows in splits.items():
-        rows = _cap(rows, caps[name], cfg.shared_seed, name)
+        rows = _cap(rows, caps[name], cfg.data_seed, name)
         if not rows:
             raise UserError(f"data: the {name} split is empty")
         if name == "train":
