@@ -520,7 +520,7 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
     for folder in [shared] + sorted(run_root.glob("pipeline*"), key=lambda p: int(p.name[8:] or 0)):
         for s in SHARED_STAGES:
             d = _done(folder / ("sft/eval" if s == "evaluate_sft" else s))
-            if d:
+            if "wall_time_s" in d:
                 stage_times.append((s if folder == shared else f"{s} {folder.name}", d["wall_time_s"]))
     for run_dir in sorted(run_root.glob("seed*/*")):
         for sub, name in (("", "train"), ("eval", "evaluate")):
@@ -611,10 +611,10 @@ def reproducibility(run_root: Path, df: pd.DataFrame) -> list[str]:
     for p in run_root.glob("**/done.json"):
         e = _done(p.parent).get("environment") or {}
         if e:
-            torch_ = e.get("torch") or {}
-            key = (f"{e.get('cpu_model') or e.get('cpu') or 'unknown CPU'}"
-                   + (f", GPU {e['gpus']}" if e.get("gpus") else "")
-                   + f"; torch {torch_.get('version') if isinstance(torch_, dict) else torch_}")
+            cpu, torch_, gpu = e.get("cpu") or {}, e.get("torch") or {}, e.get("gpu") or {}
+            key = (f"{cpu.get('model', 'unknown CPU')} ({cpu.get('logical_cpus')} cores, torch CPU path "
+                   f"{torch_.get('cpu_capability')})" + (f", GPU {gpu.get('names')}" if gpu else "")
+                   + f"; torch {torch_.get('version')}, {torch_.get('num_threads')} thread(s)")
             envs[key] = envs.get(key, 0) + 1
     lines = ["## Reproducibility", "",
              "The same command on the same machine gives byte-identical evaluation files (tests/integration/"

@@ -49,19 +49,40 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def best_settings(agg: pd.DataFrame) -> pd.DataFrame:
-    """Per (judge, method): the setting with the highest mean win rate over temperatures (the one plotted)."""
+def best_settings(agg: pd.DataFrame, chosen: dict | None = None) -> pd.DataFrame:
+    """Per (judge, method): the setting shown. `chosen` (method -> setting, picked on validation data by
+    validation_choice) where it names the method; otherwise the setting with the highest mean win rate over
+    temperatures (prompt-response tasks, whose presets have one setting per method)."""
     keep = []
     for (judge, method), g in agg.groupby(["judge", "method"]):
-        means = g.groupby("param", dropna=False).win_rate.mean()
-        best = means.idxmax()
+        if chosen and method in chosen and (g.param == chosen[method]).any():
+            best = chosen[method]
+        else:
+            best = g.groupby("param", dropna=False).win_rate.mean().idxmax()
         keep.append(g[g.param.isna()] if pd.isna(best) else g[g.param == best])
     return pd.concat(keep) if keep else agg
 
 
-def plot(agg: pd.DataFrame, path: Path, title: str, reference: str) -> None:
+def validation_choice(run_root: Path) -> dict:
+    """Per method: the setting whose final checkpoints have the highest mean r* on the VALIDATION prefixes (across
+    seeds), so the win-rate table's setting is never chosen on the test prefixes it reports. {} without
+    evaluations (prompt-response tasks)."""
+    from analysis.frontier import _finals, load_points
+    try:
+        df = load_points(run_root)
+    except SystemExit:
+        return {}
+    finals = _finals(df[df.method != "sft"]).dropna(subset=["val_reward"])
+    out = {}
+    for method, g in finals.groupby("method"):
+        means = g.groupby("param", dropna=False).val_reward.mean()
+        out[method] = means.idxmax()
+    return out
+
+
+def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict | None = None) -> None:
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    best = best_settings(agg[agg.split == "test"])
+    best = best_settings(agg[agg.split == "test"], chosen)
     for method in _ordered(best.method):
         g = best[best.method == method].sort_values("temperature")
         seeds = int(g.seeds.max())
@@ -89,7 +110,8 @@ def _ordered(methods) -> list[str]:
     return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
 
 
-def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = False) -> list[str]:
+def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = False, chosen: dict | None = None
+                  ) -> list[str]:
     """Markdown: per judge, the best setting of each method at every temperature, mean ± 95 % half-width; for the
     prompt-response tasks also the out-of-distribution table (split "ood", temperature 0)."""
     if agg.empty:
@@ -105,12 +127,15 @@ def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = Fal
                "Best-of-N: its temperature-1 selections only.")
     lines = ["## Win rates against " + reference, "",
              how + " Mean over seeds ± 95 % t-interval across seeds (one seed: ± 1.96 binomial s.e.); per method "
-             "the setting with the best mean over temperatures (every setting is in winrates.csv).", ""]
+             + ("the setting whose final checkpoints have the highest mean r* on the validation prefixes (chosen "
+                "without looking at these test win rates)" if chosen else
+                "the setting with the best mean over temperatures")
+             + " (every setting is in winrates.csv).", ""]
     ood = agg[agg.split == "ood"]
     agg = agg[agg.split == "test"]
     temps = sorted(agg.temperature.unique())
     for judge, g in agg.groupby("judge"):
-        best = best_settings(g)
+        best = best_settings(g, chosen)
         invalid = int(g.n_invalid.sum())
         lines += [f"**Judge: {judge}** ({invalid} invalid answers in all)", "",
                   "| method | setting | seeds | " + " | ".join(f"T={t:g}" for t in temps) + " |",
@@ -143,10 +168,11 @@ def write(run_root: Path, out_dir: Path, task: str, preset: str, reference: str,
         return []
     df.to_csv(out_dir / "winrates.csv", index=False, float_format="%.6g")
     agg = aggregate(df)
+    chosen = {} if prompt_response else validation_choice(run_root)
     for judge, g in agg.groupby("judge"):
         name = "winrate_vs_temperature.png" if judge == "oracle" else f"winrate_vs_temperature_{judge}.png"
-        plot(g, out_dir / name, f"{task} ({preset}): win rate vs temperature, judge {judge}", reference)
-    return summary_lines(agg, reference, prompt_response)
+        plot(g, out_dir / name, f"{task} ({preset}): win rate vs temperature, judge {judge}", reference, chosen)
+    return summary_lines(agg, reference, prompt_response, chosen)
 
 
 

@@ -154,7 +154,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     points = {}
     for n in sorted(m.n_grid):
         path = out_dir / f"step{n:06d}.json"
-        if not path.exists():
+        if not path.exists() or not path.with_suffix(".samples.jsonl").exists():
             metrics, samples = _split_point(tokenizer, reward, by_split["test"], n)
             write_jsonl(out_dir / f"step{n:06d}.samples.jsonl", samples)
             if by_split["validation"]:

@@ -92,7 +92,8 @@ def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Pa
     points = {}
     for step, folder in policies:
         path = out_dir / f"step{step:06d}.json"
-        if not path.exists():
+        # A point counts as done with its samples (a point restored from the ledger has none: redone).
+        if not path.exists() or not path.with_suffix(".samples.jsonl").exists():
             policy = ref if Path(folder) == sft_dir else load_policy(folder, device)
             metrics: dict = {}
             for split, prompts in splits.items():

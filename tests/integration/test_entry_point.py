@@ -143,14 +143,20 @@ def test_seeds_are_aggregated_with_an_interval(smoke_run):
     df = pd.read_csv(smoke_run["out"] / "frontier.csv")
     assert sorted(df[(df.method == "dpo") & (df.param == 1.0)].seed.unique()) == [0, 1, 2]
     log = smoke_run["seeds"].stdout + smoke_run["seeds"].stderr
-    assert "stage sft       done, skipped" in log and "stage sft       running" not in log
+    # full-pipeline seeds: each new seed trains its own SFT (and pairs); data, tokenizer and r* are shared
+    assert log.count("stage sft       running") == 2 and log.count("stage pairs     running") == 2
+    assert log.count("stage data      done, skipped") == 2 and "stage reward    running" not in log
+    assert (smoke_run["tmp"] / "runs" / "sentiment" / "smoke" / "pipeline2" / "sft" / "policy").is_dir()
     summary = (smoke_run["out"] / "summary.md").read_text()
-    reading = summary[summary.index("## Reading"):]
-    # the verdict sentence is computed: DPO has 3 seeds of beta 1, PPO and PPO-GT one seed each
-    assert "PPO" in reading.splitlines()[2] and "seed" in reading.splitlines()[2]
+    verdict = summary[summary.index("## Verdict"):]
+    # the verdict sentence is computed: DPO has 3 seeds of beta 1, PPO and PPO-GT one seed each (seed 0 only: fewer
+    # than 2 paired seeds, so nothing can be compared)
+    assert "PPO" in verdict.splitlines()[2]
     table = summary[summary.index("## Reward at matched KL"):].split("\n\n")[2]
-    # DPO's cell at KL 1 aggregates its seeds that reach KL 1: "mean ± half (n)" with n >= 2, or a lone mean
-    assert "| KL | dpo |" in table
+    assert "| KL | DPO |" in table
+    # the SFT point of every pipeline seed is in the frontier
+    df = pd.read_csv(smoke_run["out"] / "frontier.csv")
+    assert sorted(df[df.method == "sft"].shared_seed) == [0, 1, 2]
     assert (smoke_run["out"] / "frontier_runs.png").stat().st_size > 10_000
 
 

@@ -1,5 +1,5 @@
-"""Pareto front, interpolation at matched KL, aggregation across seeds, the verdict and the computed reading, on small
-hand-made tables whose numbers are worked out in the comments."""
+"""Fronts chosen on validation and read on test, matched-KL tables across full-pipeline seeds, the paired verdict and
+the written summary, on small hand-made tables whose numbers are worked out in the comments."""
 import json
 import math
 
@@ -7,280 +7,166 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.frontier import interpolate_front, main, pareto_front, plot_frontier, plot_runs, reading, seed_table, \
-    verdict
+from analysis.frontier import (interpolate_front, main, plot_frontier, plot_runs, reading, seed_table, verdict)
 
-COLS = ["method", "param", "seed", "step", "kl", "reward", "reward_se"]
-
-
-def table():
-    rows = [("sft", None, 0, 0, 0.0, 0.50, 0.01),
-            ("dpo", 0.1, 0, 10, 2.0, 0.60, 0.01), ("dpo", 0.1, 0, 20, 4.0, 0.58, 0.01),  # dominated by (2, .60)
-            ("dpo", 1.0, 0, 10, 1.0, 0.55, 0.01), ("dpo", 1.0, 0, 20, 1.5, 0.51, 0.01),  # ends within 2 s.e.
-            ("dpo", 0.05, 0, 10, 6.0, 0.70, 0.01)]
-    return pd.DataFrame(rows, columns=COLS)
+COLS = ["method", "param", "seed", "shared_seed", "step", "kl", "reward", "reward_se", "val_kl", "val_reward"]
 
 
-def seeds_table():
-    """DPO at three seeds and PPO at one, sharing the SFT point (0, .50).
-    seed 0: (2, .60), (3, .58) dominated, so its front ends at KL 2;  seed 1: (2, .70);  seed 2: (2, .80), (4, .90)."""
-    rows = [("sft", None, 0, 0, 0.0, 0.50, 0.01),
-            ("dpo", 0.1, 0, 10, 2.0, 0.60, 0.01), ("dpo", 0.1, 0, 20, 3.0, 0.58, 0.01),
-            ("dpo", 0.1, 1, 10, 2.0, 0.70, 0.01),
-            ("dpo", 0.1, 2, 10, 2.0, 0.80, 0.01), ("dpo", 0.1, 2, 20, 4.0, 0.90, 0.01),
-            ("ppo", 4.0, 0, 10, 1.0, 0.52, 0.01)]
-    return pd.DataFrame(rows, columns=COLS)
+def rows(*points):
+    """(method, param, seed, step, kl, reward[, val_kl, val_reward]); validation = test unless given; each seed on
+    its own pipeline seed (shared_seed = seed)."""
+    out = []
+    for p in points:
+        method, param, seed, step, kl, reward = p[:6]
+        val_kl, val_reward = p[6:8] if len(p) > 6 else (kl, reward)
+        out.append((method, param, seed, seed, step, kl, reward, 0.01, val_kl, val_reward))
+    return pd.DataFrame(out, columns=COLS)
 
 
-def test_pareto_front_keeps_only_undominated_points():
-    front = pareto_front(table())
-    assert list(zip(front.kl, front.reward)) == [(0.0, 0.50), (1.0, 0.55), (2.0, 0.60), (6.0, 0.70)]
+def test_front_is_chosen_on_validation_and_read_on_test():
+    # Step 20 looks best on test (.90 at KL 3) but is dominated on validation by step 10 (val .70 at KL 2 vs .60 at
+    # KL 3): it is not on the front, so the front ends at step 10's test point (2, .60).
+    pts = rows(("sft", None, 0, 0, 0.0, 0.50), ("dpo", 0.1, 0, 5, 1.0, 0.55),
+               ("dpo", 0.1, 0, 10, 2.0, 0.60, 2.0, 0.70), ("dpo", 0.1, 0, 20, 3.0, 0.90, 3.0, 0.60))
+    r = interpolate_front(pts, [0.5, 1.0, 1.5, 2.0, 2.5])
+    # below the first own checkpoint (KL 1): no chord from SFT; 1.5 halfway between (1, .55) and (2, .60); beyond
+    # the last front point (KL 2): nothing, not a flat extension
+    assert np.isnan(r[0]) and r[1] == pytest.approx(0.55) and r[2] == pytest.approx(0.575)
+    assert r[3] == pytest.approx(0.60) and np.isnan(r[4])
 
 
-def test_interpolation_is_linear_between_front_points_and_never_extrapolates():
-    # Front: (0, .50) SFT, (1, .60), (3, .70). (2, .55) and (4, .65) are dominated: were they kept, KL 2 would read
-    # .55 instead of .65 and 3.5 would read .675. The seed did reach KL 4, so the best reward within 3.5 and 4 is
-    # the last front point's .70 (flat); beyond KL 4 nothing is known (NaN).
-    pts = pd.DataFrame([("sft", 0.0, 0.50), ("dpo", 1.0, 0.60), ("dpo", 2.0, 0.55), ("dpo", 3.0, 0.70),
-                        ("dpo", 4.0, 0.65)], columns=["method", "kl", "reward"])
-    r = interpolate_front(pts, [0.0, 0.5, 1.0, 2.0, 3.0, 3.5, 4.0, 4.5])
-    # 0.5: halfway from .50 to .60; 1 and 3: the front points themselves; 2: halfway from .60 to .70
-    np.testing.assert_allclose(r[:7], [0.50, 0.55, 0.60, 0.65, 0.70, 0.70, 0.70])
-    assert math.isnan(r[7])
+def test_a_front_does_not_extend_flat_to_a_jumpy_checkpoint_off_it():
+    # (10, .40) is off the front (lower than (2, .60)); the old rule read .60 up to KL 10
+    pts = rows(("sft", None, 0, 0, 0.0, 0.50), ("dpo", 0.1, 0, 10, 1.0, 0.55), ("dpo", 0.1, 0, 20, 2.0, 0.60),
+               ("dpo", 0.1, 0, 30, 10.0, 0.40))
+    assert np.isnan(interpolate_front(pts, [5.0])[0])
 
 
-def test_seed_table_averages_seeds_with_a_t_interval():
-    t = seed_table(seeds_table(), budgets=(1, 2, 3)).set_index(["method", "kl"])
-    # KL 2: .60, .70, .80 -> mean .70, sd .10, half-width 4.303 * .10 / sqrt(3) = .2484
-    row = t.loc[("dpo", 2)]
-    assert row.n_seeds == 3 and row["mean"] == pytest.approx(0.70) and row.sd == pytest.approx(0.10)
-    assert row.half_width == pytest.approx(4.303 * 0.10 / math.sqrt(3))
-    # KL 1: chords from SFT, .55, .60, .65 -> mean .60, sd .05, half-width 4.303 * .05 / sqrt(3) = .1242
-    row = t.loc[("dpo", 1)]
-    assert row["mean"] == pytest.approx(0.60) and row.half_width == pytest.approx(0.1242, abs=1e-4)
+def ten_seeds(dpo_shift: float, ppo_first_kl: float = 0.8, noise: float = 0.02, seed: int = 0) -> pd.DataFrame:
+    """Ten full-pipeline seeds: each seed's SFT r* differs (a pipeline effect shared by its DPO and PPO), DPO and
+    PPO fronts (KL 0.8 and 4 for DPO; ppo_first_kl and 4 for PPO) sit on it, DPO `dpo_shift` above PPO."""
+    rng = np.random.default_rng(seed)
+    pts = []
+    for s in range(10):
+        base = 0.45 + 0.05 * rng.standard_normal()  # the seed's SFT: large spread, shared by both methods
+        pts += [("sft", None, s, 0, 0.0, base),
+                ("dpo", 0.1, s, 10, 0.8, base + 0.10 + dpo_shift + noise * rng.standard_normal()),
+                ("dpo", 0.1, s, 20, 4.0, base + 0.20 + dpo_shift + noise * rng.standard_normal()),
+                ("ppo", 4.0, s, 10, ppo_first_kl, base + 0.10 + noise * rng.standard_normal()),
+                ("ppo", 4.0, s, 20, 4.0, base + 0.20 + noise * rng.standard_normal())]
+    return rows(*pts)
 
 
-def test_n_seeds_counts_only_seeds_that_reached_the_kl():
-    t = seed_table(seeds_table(), budgets=(1, 2, 3)).set_index(["method", "kl"])
-    # KL 3: seed 0 reached KL 3 with a dominated point, so its best within 3 is .60 (flat after its front ends
-    # at 2); seed 1 never got past KL 2; seed 2 reads .80 + (.90 - .80) / 2 = .85.
-    # Two seeds: mean .725, sd .17678, half-width 12.706 * .17678 / sqrt(2) = 1.5883
-    row = t.loc[("dpo", 3)]
-    assert row.n_seeds == 2 and row["mean"] == pytest.approx(0.725)
-    assert row.sd == pytest.approx(0.176777, abs=1e-6) and row.half_width == pytest.approx(1.5883, abs=1e-3)
-    # KL 4: only seed 2 (.90). One seed: no sd, no interval.
-    row = seed_table(seeds_table(), budgets=(4,)).set_index(["method", "kl"]).loc[("dpo", 4)]
-    assert row.n_seeds == 1 and row["mean"] == pytest.approx(0.90)
-    assert math.isnan(row.sd) and math.isnan(row.half_width)
-    # PPO's one seed ends at KL 1 (.52): no data at 2 or 3, still a row
-    assert t.loc[("ppo", 1)].n_seeds == 1 and t.loc[("ppo", 1)]["mean"] == pytest.approx(0.52)
-    assert t.loc[("ppo", 2)].n_seeds == 0 and t.loc[("ppo", 3)].n_seeds == 0 and math.isnan(t.loc[("ppo", 3)]["mean"])
-    # the smallest KL of a method's own front point, for the verdict's "no points below" note
-    assert t.loc[("dpo", 1)].first_kl == 2.0 and t.loc[("ppo", 1)].first_kl == 1.0
+def test_seed_table_reads_each_seed_against_its_own_pipeline():
+    df = ten_seeds(0.05)
+    t = seed_table(df, budgets=(0.5, 1, 4)).set_index(["method", "kl"])
+    # KL 0.5 is below every seed's first checkpoint (0.8): no seed has a measurement there
+    assert t.loc[("dpo", 0.5)].n_seeds == 0 and t.loc[("dpo", 1)].n_seeds == 10
+    assert t.loc[("dpo", 4)].seeds == 10 and t.loc[("dpo", 4)].all_from_kl == pytest.approx(0.8)
+    # the across-seed sd carries the pipeline spread (sd 0.05 of the SFT r*), which pairing removes
+    assert t.loc[("dpo", 4)].sd > 0.03
 
 
-def vtable(rows, first_kl=None):
-    """A seed_table by hand: (method, kl, n_seeds, mean, sd)."""
-    t = pd.DataFrame(rows, columns=["method", "kl", "n_seeds", "mean", "sd"])
-    t["first_kl"] = t.method.map(first_kl or {}).astype(float)
-    return t
+def test_verdict_paired_test_finds_a_difference_the_seed_spread_would_hide():
+    df = ten_seeds(0.05)
+    sentence, results = verdict(df, budgets=(1, 2, 4))
+    r = results["ppo"]
+    assert r["relation"] == "dominates" and list(r["compared"].budget) == [1.0, 2.0, 4.0]
+    assert (r["compared"].sign == "higher").all()
+    assert r["stability"]["stability"] > 0.95
+    # the minimum detectable difference of 10 paired seeds is far below the pipeline sd (0.05)
+    assert (r["compared"].mdd < 0.04).all()
+    assert "dominates PPO's" in sentence and "Holm" in sentence and "10 full-pipeline seeds" in sentence
 
 
-# With sd .01 and 3 seeds each, a difference counts beyond t_{.975, 2} sqrt(2 * .01² / 3) = 4.303 * .00816 = .0351.
-def test_verdict_dominates_one_rival_and_is_dominated_by_the_other():
-    t = vtable([("dpo", 2, 3, 0.70, 0.01), ("dpo", 5, 3, 0.75, 0.01),
-                ("ppo", 2, 3, 0.60, 0.01), ("ppo", 5, 3, 0.74, 0.01),         # +.10 higher, +.01 within noise
-                ("ppo_gt", 2, 3, 0.80, 0.01), ("ppo_gt", 5, 3, 0.85, 0.01)])  # -.10, -.10: lower at both
-    assert verdict(t) == (
-        "At this scale DPO's frontier dominates PPO's (higher at KL 2, within noise at KL 5) and is dominated by "
-        "PPO-GT's (lower at KL 2 and 5), so the paper's claim that DPO dominates both does not hold here (two-sided "
-        "95 % t-test on the difference of per-seed mean r* at each KL budget).")
+def test_verdict_leaves_out_a_budget_below_a_rivals_first_checkpoint():
+    df = ten_seeds(0.05, ppo_first_kl=1.5)
+    _, results = verdict(df, budgets=(1, 2, 4))
+    r = results["ppo"]
+    assert list(r["compared"].budget) == [2.0, 4.0]
+    assert [x["budget"] for x in r["left_out"]] == [1.0] and "at or below KL 1" in r["left_out"][0]["reason"]
 
 
-def test_verdict_says_the_claim_holds_only_when_both_rivals_are_dominated():
-    t = vtable([("dpo", 2, 3, 0.70, 0.01), ("dpo", 5, 3, 0.90, 0.01),
-                ("ppo", 2, 3, 0.60, 0.01), ("ppo", 5, 3, 0.70, 0.01),
-                ("ppo_gt", 2, 3, 0.69, 0.01), ("ppo_gt", 5, 3, 0.80, 0.01)])  # +.01 within noise, +.10 higher
-    v = verdict(t)
-    assert "dominates PPO's (higher at KL 2 and 5)" in v
-    assert "dominates PPO-GT's (higher at KL 5, within noise at KL 2)" in v
-    assert "the paper's claim that DPO dominates both holds here" in v
+def test_verdict_undecided_when_no_budget_differs():
+    df = ten_seeds(0.0, noise=0.03, seed=3)
+    sentence, results = verdict(df, budgets=(1, 4))
+    assert results["ppo"]["relation"] == "not distinguishable"
+    assert "is undecided at this scale" in sentence
 
 
-def test_verdict_mixed_when_higher_at_one_budget_and_lower_at_another():
-    t = vtable([("dpo", 2, 3, 0.70, 0.01), ("dpo", 5, 3, 0.75, 0.01), ("dpo", 10, 3, 0.80, 0.01),
-                ("ppo", 2, 3, 0.60, 0.01), ("ppo", 5, 3, 0.85, 0.01), ("ppo", 10, 1, 0.90, float("nan"))])
-    v = verdict(t)
-    assert ("DPO's frontier neither dominates nor is dominated by PPO's (mixed: higher at KL 2, lower at KL 5; "
-            "fewer than 2 seeds of PPO reach KL 10)") in v
-    assert "the paper's claim that DPO dominates PPO does not hold here" in v
-
-
-def test_verdict_uses_the_t_quantile_not_two_standard_errors():
-    # +.03 at both: beyond 2 * .00816 = .0163 but inside the t bound .0351 -> within noise, not "higher"
-    t = vtable([("dpo", 2, 3, 0.63, 0.01), ("dpo", 5, 3, 0.73, 0.01),
-                ("ppo", 2, 3, 0.60, 0.01), ("ppo", 5, 3, 0.70, 0.01)])
-    v = verdict(t)
-    assert "DPO's frontier is indistinguishable from PPO's (within noise at KL 2 and 5)" in v
-    assert "does not hold here" in v
-
-
-def test_verdict_cannot_be_settled_when_one_rival_has_one_seed():
-    t = vtable([("dpo", 2, 3, 0.70, 0.01), ("ppo", 2, 3, 0.60, 0.01), ("ppo_gt", 2, 1, 0.65, float("nan"))])
-    v = verdict(t)
-    assert "dominates PPO's (higher at KL 2)" in v
-    assert "cannot be tested against PPO-GT's with one seed (by mean: higher at KL 2)" in v
-    assert "the paper's claim that DPO dominates both cannot be settled here" in v
-
-
-def test_verdict_with_one_seed_gives_no_verdict_but_the_comparison_of_means():
-    t = vtable([("dpo", 1, 1, 0.55, np.nan), ("dpo", 2, 1, 0.66, np.nan), ("dpo", 5, 1, 0.75, np.nan),
-                ("dpo", 10, 1, 0.78, np.nan),
-                ("ppo", 1, 1, 0.52, np.nan), ("ppo", 2, 1, 0.57, np.nan), ("ppo", 5, 1, 0.70, np.nan),
-                ("ppo", 10, 0, np.nan, np.nan),
-                ("ppo_gt", 1, 1, 0.51, np.nan), ("ppo_gt", 2, 1, 0.54, np.nan), ("ppo_gt", 5, 1, 0.82, np.nan),
-                ("ppo_gt", 10, 1, 0.86, np.nan)], first_kl={"dpo": 1.1, "ppo": 2.2, "ppo_gt": 0.5})
-    assert verdict(t) == (
-        "No verdict can be given with one seed: taken at face value, the single-seed means would have DPO's frontier "
-        "dominate PPO's (higher at KL 1, 2 and 5; PPO does not reach KL 10; PPO has no points below KL 2.2) and "
-        "cross PPO-GT's (higher at KL 1 and 2, lower at KL 5 and 10).")
-
-
-def test_reading_counts_runs_above_sft_and_reads_the_front_at_matched_kl():
-    text = "\n".join(reading(table()))
-    # final checkpoints: beta 0.1 -> 0.58 (above), beta 1 -> 0.51 (not: 0.01 < 2 * 0.0141), beta 0.05 -> 0.70
-    assert "2 of 3 runs end with r* above SFT's" in text
-    # front (0, .50) (1, .55) (2, .60) (6, .70): KL 5 reads .60 + .10 * 3/4 = .675; KL 10 is beyond the front
-    assert "| KL | dpo |" in text
-    assert "| 1 | 0.550 (1) |" in text and "| 5 | 0.675 (1) |" in text and "| 10 | — |" in text
+def test_verdict_without_dpo_or_rivals():
+    df = ten_seeds(0.05)
+    assert verdict(df[df.method != "dpo"])[0] == "No verdict can be given: DPO has no evaluated runs."
+    assert verdict(df[df.method != "ppo"])[0].startswith("No verdict can be given: neither PPO nor PPO-GT")
 
 
 def test_reading_flags_completions_that_collapsed_in_length():
-    df = table()
+    df = ten_seeds(0.05)
     df["mean_length"], df["eos_rate"] = 40.0, 0.1
-    short = pd.DataFrame([("ppo", 4.0, 0, 20, 5.0, 0.52, 0.01, 8.0, 1.0)],
-                         columns=["method", "param", "seed", "step", "kl", "reward", "reward_se", "mean_length",
-                                  "eos_rate"])
-    text = "\n".join(reading(pd.concat([df, short])))
+    short = rows(("ppo_gt", 4.0, 0, 20, 5.0, 0.52)).assign(mean_length=8.0, eos_rate=1.0)
+    text = "\n".join(reading(pd.concat([df, short], ignore_index=True)))
     assert "final mean completion length 8.0-8.0 tokens (SFT 40.0), EOS rate 1.00-1.00 — **completions collapsed" in text
-    assert text.count("collapsed") == 1  # DPO's 40-token completions are not flagged
-
-
-def write_runs(root):
-    """seeds_table as the pipelines write it, plus Best-of-N (analytic KL, two seeds), parameter-free Preferred-FT,
-    and samples for the SFT and the DPO runs of seeds 0 and 1."""
-    def put(d, where):
-        full = {"kl_se": 0.05, "n": 100, "mean_length": 40.0, "eos_rate": 0.2, **d}
-        path = root / where / "eval" / f"step{d['step']:06d}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(full))
-        (path.parent / "done.json").write_text("{}")  # a finished evaluation (the analysis reads only those)
-        return path
-
-    for method, param, seed, step, kl, reward, se in seeds_table().itertuples(index=False):
-        where = "shared/sft" if method == "sft" else f"seed{seed}/{method}_{param}"
-        path = put(dict(method=method, param=None if pd.isna(param) else float(param), seed=int(seed), step=int(step),
-                        kl=float(kl), reward=float(reward), reward_se=float(se), tag=where.split("/")[1]), where)
-        if method == "sft" or (method == "dpo" and seed in (0, 1)):
-            path.with_suffix(".samples.jsonl").write_text(
-                json.dumps({"prompt": "a film", "completion": f"{method} seed {seed}", "reward": reward}) + "\n")
-    for seed in (0, 1):
-        for n_best in (2, 4):
-            put(dict(method="bon", param=n_best, seed=seed, step=0, kl=math.log(n_best) - (n_best - 1) / n_best,
-                     kl_se=0.0, kl_kind="analytic", reward=0.55 + 0.05 * n_best + 0.01 * seed, reward_se=0.01,
-                     tag=f"bon_n{n_best}"), f"seed{seed}/bon_n{n_best}")
-    put(dict(method="preferred_ft", param=None, seed=0, step=10, kl=1.5, reward=0.56, reward_se=0.01,
-             tag="preferred_ft"), "seed0/preferred_ft")
-
-
-def test_main_writes_csv_plots_and_summary_for_several_seeds_and_methods(tmp_path):
-    write_runs(tmp_path / "runs" / "sentiment" / "t")
-    main(["--runs", str(tmp_path / "runs"), "--preset", "t", "--out", str(tmp_path / "out"), "--command", "pytest"])
-    out = tmp_path / "out" / "sentiment" / "t"
-    df = pd.read_csv(out / "frontier.csv")
-    assert list(df.columns) == ["method", "param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n", "tag",
-                                "mean_length", "eos_rate", "kl_kind"]
-    assert list(dict.fromkeys(df.method)) == ["sft", "dpo", "ppo", "bon", "preferred_ft"]
-    assert set(df[df.method == "bon"].kl_kind) == {"analytic"} and set(df[df.method != "bon"].kl_kind) == {"estimated"}
-    for png in ("frontier.png", "frontier_runs.png"):
-        assert (out / png).stat().st_size > 10_000
-    summary = (out / "summary.md").read_text()
-    # the verdict opens the reading; one seed of PPO cannot be tested
-    assert "## Reading\n\nNo verdict can be given with one seed" in summary
-    assert "## Reward at matched KL (interpolated, mean across seeds, 95 % interval)" in summary
-    assert "| KL | dpo | ppo | bon | preferred_ft |" in summary
-    # KL 1: DPO .600 ± .124 (3 seeds), PPO .520, Best-of-N's fronts end at log 4 - 3/4 = .636, Preferred-FT's
-    # chord from SFT to (1.5, .56) gives .54;  KL 2: DPO .700 ± .248, every other front has ended
-    assert "| 1 | 0.600 ± 0.124 (3) | 0.520 (1) | — | 0.540 (1) |" in summary
-    assert "| 2 | 0.700 ± 0.248 (3) | — | — | — |" in summary
-    # finals: (3, .58), (2, .70), (4, .90) -> KL 3, r* .7267, sd .1617
-    assert "## Final checkpoint of each run, mean across seeds" in summary
-    assert "| dpo | 0.1 | 3 | 3.000 | 0.7267 | 0.1617 | 40.0 | 0.20 |" in summary
-    assert "| preferred_ft |  | 1 | 1.500 | 0.5600 |  |" in summary
-    # examples: one run per (method, param), its smallest seed
-    assert "| dpo β=0.1 (step 20, seed 0) | 0.580 | dpo seed 0 |" in summary and "dpo seed 1" not in summary
-
-
-def test_plots_are_written_with_best_of_n_and_several_seeds(tmp_path):
-    df = seeds_table()
-    df["kl_se"], df["kl_kind"] = 0.05, "estimated"
-    bon = pd.DataFrame([("bon", n, s, 0, math.log(n) - (n - 1) / n, 0.55 + 0.05 * n + 0.01 * s, 0.01)
-                        for n in (2, 4, 16) for s in (0, 1, 2)], columns=COLS).assign(kl_se=0.0, kl_kind="analytic")
-    df = pd.concat([df, bon], ignore_index=True)
-    plot_frontier(df, tmp_path / "front.png", "test")
-    plot_runs(df, tmp_path / "runs.png", "test")
-    assert (tmp_path / "front.png").stat().st_size > 10_000 and (tmp_path / "runs.png").stat().st_size > 10_000
+    assert text.count("collapsed") == 1
+    assert "## Verdict" in text and "**DPO vs PPO** (10 paired seeds" in text
 
 
 def test_a_seed_missing_settings_is_left_out_of_the_seed_statistics():
     # seed 1 has only beta 0.1 of DPO's two settings (still training): its front would be a different frontier
-    rows = [("sft", None, 0, 0, 0.0, 0.50, 0.01),
-            ("dpo", 0.1, 0, 10, 2.0, 0.60, 0.01), ("dpo", 1.0, 0, 10, 1.0, 0.58, 0.01),
-            ("dpo", 0.1, 1, 10, 2.0, 0.90, 0.01)]
-    df = pd.DataFrame(rows, columns=COLS)
+    df = rows(("sft", None, 0, 0, 0.0, 0.50), ("sft", None, 1, 0, 0.0, 0.50),
+              ("dpo", 0.1, 0, 10, 2.0, 0.60), ("dpo", 1.0, 0, 10, 1.0, 0.58), ("dpo", 0.1, 1, 10, 2.0, 0.90))
     t = seed_table(df, budgets=(1, 2)).set_index(["method", "kl"])
     assert t.loc[("dpo", 2)].n_seeds == 1 and t.loc[("dpo", 2)]["mean"] == pytest.approx(0.60)
     text = "\n".join(reading(df))
     assert "Left out of the seed statistics (not every setting evaluated yet): DPO seed 1." in text
 
 
-def test_preset_changes_compare_matched_kl_reward_before_and_after(tmp_path):
-    from analysis.frontier import preset_changes
+def write_runs(root, df):
+    """Points as the pipelines write them: SFT of pipeline seed 0 in shared/sft, of seed k in pipeline<k>/sft;
+    method runs in seed<k>/<tag>; samples for SFT 0 and DPO seed 0."""
+    for r in df.itertuples(index=False):
+        where = (("shared" if r.seed == 0 else f"pipeline{r.seed}") + "/sft" if r.method == "sft"
+                 else f"seed{r.seed}/{r.method}_{r.param}")
+        d = {"method": r.method, "param": None if pd.isna(r.param) else float(r.param), "seed": int(r.seed),
+             "shared_seed": int(r.shared_seed), "step": int(r.step), "kl": float(r.kl), "kl_se": 0.05,
+             "reward": float(r.reward), "reward_se": 0.01, "n": 100, "val_kl": float(r.val_kl),
+             "val_reward": float(r.val_reward), "mean_length": 40.0, "eos_rate": 0.2, "tag": where.split("/")[1]}
+        path = root / where / "eval" / f"step{int(r.step):06d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(d))
+        (path.parent / "done.json").write_text("{}")  # a finished evaluation (the analysis reads only those)
+        if r.seed == 0 and r.method in ("sft", "dpo"):
+            path.with_suffix(".samples.jsonl").write_text(
+                json.dumps({"prompt": "a film", "completion": f"{r.method} step {r.step}", "reward": r.reward}) + "\n")
+    (root / "shared" / "reward_model").mkdir(parents=True, exist_ok=True)
+    (root / "shared" / "reward_model" / "done.json").write_text(json.dumps({"metrics": {
+        "eval_accuracy": 0.7, "eval_accuracy_ci95": [0.65, 0.75], "n_eval_pairs": 600, "n_train_pairs": 9000}}))
 
-    before = tmp_path / "before"
-    assert preset_changes(before, table()) == []  # nothing to compare with
-    before.mkdir()
-    old = table()
-    old.loc[old.method == "sft", "reward"] = 0.45
-    # before: DPO's front (0, .45) (2, .50): KL 1 reads .475, KL 2 .50, nothing beyond KL 2
-    old = old[(old.method == "sft") | ((old.param == 0.1) & (old.step == 10))].assign(
-        reward=lambda d: d.reward.where(d.method == "sft", 0.50))
-    old.to_csv(before / "frontier.csv", index=False)
-    (before / "changes.md").write_text("- completions 48 -> 32 tokens\n")
-    text = "\n".join(preset_changes(before, table()))
-    assert "- completions 48 -> 32 tokens" in text
-    assert "| SFT | 0 | 0.450 | 0.500 | +0.050 |" in text
-    # after (table()): front (0, .50) (1, .55) (2, .60) (6, .70)
-    assert "| DPO | 1 | 0.475 | 0.550 | +0.075 |" in text and "| DPO | 2 | 0.500 | 0.600 | +0.100 |" in text
-    assert "| DPO | 5 | — | 0.675 | — |" in text
+
+def test_main_writes_csv_plots_and_summary_for_full_pipeline_seeds(tmp_path):
+    df = ten_seeds(0.05)
+    write_runs(tmp_path / "runs" / "sentiment" / "t", df)
+    main(["--runs", str(tmp_path / "runs"), "--preset", "t", "--out", str(tmp_path / "out"), "--command", "pytest"])
+    out = tmp_path / "out" / "sentiment" / "t"
+    csv = pd.read_csv(out / "frontier.csv")
+    assert {"shared_seed", "val_kl", "val_reward"} <= set(csv.columns)
+    assert sorted(csv[csv.method == "sft"].shared_seed) == list(range(10))
+    for png in ("frontier.png", "frontier_runs.png"):
+        assert (out / png).stat().st_size > 10_000
+    summary = (out / "summary.md").read_text()
+    assert "## Verdict\n\nAt this scale DPO's frontier dominates PPO's" in summary
+    assert "| KL | seeds | DPO | PPO | DPO − PPO [95 % CI] | p | p (Holm) | min. detectable difference | result |" \
+        in summary
+    assert "## Reproducibility" in summary and "| 0 |" in summary
+    assert "pairwise accuracy 0.7 [95 % 0.65, 0.75] on 600 pairs of test prefixes" in summary
+    assert "| dpo step 20 (step 20, seed 0)" not in summary and "dpo β=0.1 (step 20, seed 0)" in summary
 
 
-def test_preset_changes_compare_on_the_seeds_both_runs_have(tmp_path):
-    """A one-seed before against a three-seed run: the difference is taken on seed 0 alone, the all-seed mean beside."""
-    from analysis.frontier import preset_changes
-
-    before = tmp_path / "before"
-    before.mkdir()
-    old = seeds_table()
-    old = old[(old.method == "sft") | ((old.method == "dpo") & (old.seed == 0))].assign(
-        reward=lambda d: d.reward.where(d.method == "sft", 0.55))  # DPO seed 0 before: (2, .55), (3, .55)
-    old.to_csv(before / "frontier.csv", index=False)
-    (before / "changes.md").write_text("- smaller policy\n")
-    text = "\n".join(preset_changes(before, seeds_table()))
-    assert "on the seeds both runs have (seed 0)" in text and "| after, all seeds |" in text
-    # seed 0 after: front (0, .50) (2, .60): KL 2 reads .60 (before .55); all seeds at KL 2: .60, .70, .80
-    half = 4.302653 * 0.1 / 3 ** 0.5  # t_{0.975, 2} * sd / sqrt(3)
-    assert f"| DPO | 2 | 0.550 | 0.600 | +0.050 | 0.700 ± {half:.3f} (3) |" in text
-    assert "| SFT | 0 | 0.500 | 0.500 | +0.000 | 0.500 |" in text
-    # PPO has no before rows: its seed-0 value still shows, with no difference
-    assert "| PPO | 1 | — | 0.520 | — | 0.520 (1) |" in text
+def test_plots_are_written_with_best_of_n_and_several_seeds(tmp_path):
+    df = ten_seeds(0.05)
+    df["kl_se"], df["kl_kind"] = 0.05, "estimated"
+    bon = rows(*[("bon", n, s, n, math.log(n) - (n - 1) / n, 0.55 + 0.05 * n + 0.01 * s)
+                 for n in (2, 4, 16) for s in (0, 1, 2)]).assign(kl_se=0.0, kl_kind="analytic")
+    df = pd.concat([df, bon], ignore_index=True)
+    plot_frontier(df, tmp_path / "front.png", "test")
+    plot_runs(df, tmp_path / "runs.png", "test")
+    assert (tmp_path / "front.png").stat().st_size > 10_000 and (tmp_path / "runs.png").stat().st_size > 10_000

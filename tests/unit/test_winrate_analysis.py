@@ -25,7 +25,7 @@ def test_seeds_are_averaged_with_a_t_interval():
     row = agg.loc[("dpo", 0.1, 0.0)]
     # .60, .70, .80: mean .70, sd .10, half-width 4.303 * .10 / sqrt(3) = .24843
     assert row.seeds == 3 and row.win_rate == pytest.approx(0.70)
-    assert row.half_width == pytest.approx(4.303 * 0.10 / math.sqrt(3))
+    assert row.half_width == pytest.approx(4.302653 * 0.10 / math.sqrt(3))
     assert agg.loc[("dpo", 0.1, 1.0)].n_invalid == 3  # one invalid answer per seed, summed
     # one seed: 1.96 x its binomial s.e.
     assert agg.loc[("ppo", 4.0, 0.0)].half_width == pytest.approx(1.96 * 0.049)
