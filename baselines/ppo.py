@@ -6,9 +6,13 @@ the reward with a per-token KL penalty to the frozen reference (= SFT), estimate
 few epochs of clipped policy and value updates on minibatches. The numerics live in `ppo_math`.
 
 Design choices (all in conf/method/ppo.yaml):
-- The value model is a separate network (SFT trunk + a scalar head), not a head on the policy: value regression
+- The value model is a separate network (a trunk + a scalar head), not a head on the policy: value regression
   then cannot pull the policy's features, and the policy/value learning rates are independent. It costs one more
   forward/backward per token; at paper scale it doubles the trainable memory (the main reason for shared trunks).
+  It starts from the SFT trunk with a zero head (value_init=sft) or, as in N+, from the learned reward model r_phi,
+  trunk and scalar head (value_init=reward_model), the head rescaled to the normalised score.
+- Policy and value learning rates anneal linearly to 0 over total_steps (lr_schedule=linear, as N+ and TRL) or stay
+  constant; the rate is a pure function of the step, so resuming needs no scheduler state.
 - Dropout is off in every model (eval mode throughout); rollout and update compute the same function.
 - Scores are normalised with a fixed mean/std measured on SFT samples before training, so one KL coefficient
   means the same thing for rewards of any scale.
@@ -17,8 +21,9 @@ Under a multi-process launch that keeps whole weights in every process (DDP, tor
 data-parallel: each process samples, scores and updates on its share of every batch and minibatch, DDP averages the
 gradients, and whitening, score normalisation and the KL controller see the whole batch (pipelines/distributed.py).
 
-Stage: reads sft/policy, data/ (train prefixes), reward_model/ (learned) or reward/ (r*). Writes snapshots/step*/
-(frontier points), policy/, last/ (resume checkpoint), metrics.jsonl."""
+Stage: reads sft/policy, data/ (train prefixes), reward_model/ (learned; also the value model's start with
+value_init=reward_model) or reward/ (r*). Writes snapshots/step*/ (frontier points, at snapshot_steps or every
+eval_every steps), policy/, last/ (resume checkpoint), metrics.jsonl."""
 from __future__ import annotations
 
 import json
@@ -32,7 +37,7 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 from baselines import ppo_math as pm
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, use_bf16
@@ -49,8 +54,9 @@ log = logging.getLogger(__name__)
 
 
 class ValueModel(torch.nn.Module):
-    """V(s_t) for every position: a transformer trunk (loaded from the SFT policy) + a linear head (zero-init, so
-    the first value estimates are 0 and the first advantages are the returns themselves)."""
+    """V(s_t) for every position: a transformer trunk + a linear head. From the SFT policy (`load`): the head is
+    zero-init, so the first value estimates are 0 and the first advantages are the returns themselves. From the
+    reward model (`from_reward_model`, N+): r_phi's trunk and scalar head, so V(s_t) starts as r_phi read at t."""
 
     def __init__(self, trunk: torch.nn.Module):
         super().__init__()
@@ -68,6 +74,29 @@ class ValueModel(torch.nn.Module):
         if head.exists():
             model.head.load_state_dict(load_file(str(head)))
         return meter(model.eval())
+
+    @classmethod
+    def from_reward_model(cls, folder: str | Path) -> "ValueModel":
+        """From a saved sequence classifier with one label (r_phi): its trunk and its scalar head (`score`, no bias
+        in GPT-2: the head's bias starts at 0). The trunk's token embedding may have rows the policy never emits
+        (r_phi's added pad token); they are kept and never read."""
+        clf = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True,
+                                                                 trust_remote_code=False, **attn_kwargs())
+        score = getattr(clf, "score", None)
+        if not isinstance(score, torch.nn.Linear) or score.out_features != 1:
+            raise UserError(f"value_init=reward_model: {folder} has no scalar `score` head (Linear(hidden, 1))")
+        model = cls(clf.base_model)
+        with torch.no_grad():
+            model.head.weight.copy_(score.weight)
+            if score.bias is not None:
+                model.head.bias.copy_(score.bias)
+        return meter(model.eval())
+
+    @torch.no_grad()
+    def normalise_head(self, mean: float, std: float) -> None:
+        """head <- (head - mean) / std: an r_phi head then predicts the normalised score PPO's returns are made of."""
+        self.head.weight.div_(std)
+        self.head.bias.sub_(mean).div_(std)
 
     def save(self, folder: Path) -> None:
         self.trunk.save_pretrained(str(folder), safe_serialization=True)
@@ -138,7 +167,9 @@ class PPO:
         # are averaged by DDP; whitening, the KL controller and the logged means use the whole batch), or alone.
         self.replicas = replicas or Replicas(active=False)
         self.policy_train, self.value_train = self.replicas.wrap(policy), self.replicas.wrap(value_model)
-        # Adam eps 1e-5 as in the reference PPO implementations (Huang et al. 2024).
+        # Adam eps 1e-5 as in the reference PPO implementations (Huang et al. 2024). The rates are set before every
+        # step from the schedule (`set_learning_rates`).
+        pm.lr_factor(args.lr_schedule, 0, args.total_steps)  # an unknown schedule fails here, not at step 1
         self.policy_opt = torch.optim.Adam(policy.parameters(), lr=args.learning_rate, eps=1e-5)
         self.value_opt = torch.optim.Adam(value_model.parameters(), lr=args.value_learning_rate, eps=1e-5)
         kl = args.kl
@@ -197,11 +228,21 @@ class PPO:
                 out["values"].append(token_values(self.value_model, mb))
         return {k: torch.cat(v) for k, v in out.items()}
 
+    def set_learning_rates(self, step_index: int) -> float:
+        """Policy and value rates of step `step_index` (lr_schedule over total_steps); returns the schedule factor."""
+        factor = pm.lr_factor(self.a.lr_schedule, step_index, self.a.total_steps)
+        for opt, base in ((self.policy_opt, self.a.learning_rate), (self.value_opt, self.a.value_learning_rate)):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        return factor
+
     # -- one PPO step ---------------------------------------------------------------------------------------
     def step(self, step_index: int, prompts: list[list[int]]) -> dict:
         """One rollout + update on `prompts` (this process's share of the step's batch)."""
         a, rep = self.a, self.replicas
         t0 = time.time()
+        # 0. learning rates of this step (a pure function of the step: a resumed run anneals as an uninterrupted one)
+        lr = a.learning_rate * self.set_learning_rates(step_index)
         # 1. rollout: completions from the current policy's full distribution
         completions = self.sample(prompts, self._tag(f"ppo/rollout/{step_index}"))
         b = pack(prompts, completions, self.pad_id, self.device)
@@ -270,7 +311,7 @@ class PPO:
             "objective/kl": seq_kl, "objective/kl_coef": kl_coef, "objective/scores": raw_mean,
             "objective/scores_normalized": score_mean, "objective/non_score_reward": non_score,
             "objective/rlhf_reward": score_mean + non_score,
-            "objective/entropy": entropy,
+            "objective/entropy": entropy, "lr": lr,
             "policy/approxkl": mean("approxkl"), "policy/clipfrac": mean("pg_clipfrac"),
             "loss/policy": mean("pg_loss"), "loss/value": mean("vf_loss"), "val/clipfrac": mean("vf_clipfrac"),
             "val/mean": float(pm.masked_mean(fwd["values"], mask)),
@@ -348,8 +389,42 @@ def _prompt_stream(prompts: list[list[int]], batch_size: int, seed: int, step: i
     return out
 
 
+def check_settings(m: DictConfig) -> None:
+    """The PPO settings pipelines/validate.py does not check; one UserError line each, before any model is loaded."""
+    if m.lr_schedule not in ("linear", "constant"):
+        raise UserError(f"method.lr_schedule must be 'linear' or 'constant', got '{m.lr_schedule}'")
+    if m.value_init not in ("sft", "reward_model"):
+        raise UserError(f"method.value_init must be 'sft' or 'reward_model', got '{m.value_init}'")
+    if m.value_init == "reward_model" and m.reward != "learned":
+        raise UserError(f"method.value_init=reward_model needs the learned reward model r_phi, and method.reward="
+                        f"{m.reward} trains without one (PPO-GT): use method.value_init=sft")
+    steps = m.snapshot_steps
+    if steps is not None and not all(isinstance(s, int) and s >= 1 for s in steps):
+        raise UserError(f"method.snapshot_steps must be a list of steps >= 1, or null, got {list(steps)}")
+
+
+def snapshot_steps(m: DictConfig) -> set[int]:
+    """Steps after which the policy is saved for the frontier: method.snapshot_steps (those <= total_steps), or
+    every eval_every steps when it is null; the last step always."""
+    if m.snapshot_steps is None:
+        chosen = set(range(m.eval_every, m.total_steps + 1, m.eval_every))
+    else:
+        chosen = {int(s) for s in m.snapshot_steps if s <= m.total_steps}
+    return chosen | {m.total_steps}
+
+
+def load_value_model(m: DictConfig, cfg: DictConfig, start_dir: Path | None, sft_dir: Path) -> ValueModel:
+    """A resumed run's value model, else a fresh one as value_init says (SFT trunk + zero head, or r_phi)."""
+    if start_dir:
+        return ValueModel.load(start_dir / "value")
+    if m.value_init == "reward_model":
+        return ValueModel.from_reward_model(Path(cfg.paths.reward_model) / "model")
+    return ValueModel.load(sft_dir)
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     m, g = cfg.method, cfg.task.generation
+    check_settings(m)
     device = pick_device(cfg.device)
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
@@ -368,7 +443,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     start_dir = last if (last / "state.json").exists() else None
     policy = load_policy(start_dir / "policy" if start_dir else sft_dir, device)
     ref = load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, device)
-    value_model = ValueModel.load(start_dir / "value" if start_dir else sft_dir).to(device)
+    value_model = load_value_model(m, cfg, start_dir, sft_dir).to(device)
     ppo = PPO(policy, ref, value_model, scorer, m, tokenizer.eos_token_id, tokenizer.pad_token_id,
               g.max_new_tokens, cfg.seed, g.batch_size, g.temperature, bf16=use_bf16(cfg.model.precision, device),
               replicas=replicas)
@@ -390,8 +465,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # from a start that never reached a checkpoint
         if m.normalize_scores:
             ppo.fit_score_normalisation(replicas.shard(_prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0)))
+            if m.value_init == "reward_model":  # r_phi's head then predicts the normalised score
+                value_model.normalise_head(ppo.score_mean, ppo.score_std)
     report_to = trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}") if replicas.main else []
-    t0, last_row = time.time(), {}
+    t0, last_row, snapshots = time.time(), {}, snapshot_steps(m)
     for step in tqdm(range(start, m.total_steps), desc=f"{m.tag}", initial=start, total=m.total_steps,
                      disable=not replicas.main):
         row = ppo.step(step, replicas.shard(_prompt_stream(pool, m.batch_size, cfg.seed, step)))
@@ -400,7 +477,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if not replicas.main:
             continue
         log_metrics(metrics_path, done, row, wandb_on=bool(report_to))
-        if done % m.eval_every == 0 or done == m.total_steps:
+        if done in snapshots:
             target = out_dir / "snapshots" / f"step{done:06d}"
             if not target.exists():
                 policy.save_pretrained(str(target), safe_serialization=True)

@@ -120,6 +120,19 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate during PPO step `step` (0-based) of a run of `total_steps` steps.
+
+    constant: 1. linear: 1 - step / total_steps, as N+ (Huang et al. 2024) and TRL anneal it (frac = 1 - (update - 1)
+    / num_updates with 1-based updates): the first step at the full rate, the last at 1 / total_steps of it, 0 from
+    step total_steps on. A pure function of the step, so a resumed run has the rates of an uninterrupted one."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return min(1.0, max(0.0, 1.0 - step / total_steps))
+    raise ValueError(f"learning-rate schedule must be 'linear' or 'constant', got '{schedule}'")
+
+
 class FixedKLController:
     """A constant KL coefficient (the beta of the KL-regularised objective)."""
 

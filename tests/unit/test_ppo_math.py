@@ -1,10 +1,14 @@
 """PPO numerics against numbers worked out by hand (see the comments for the arithmetic)."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from baselines import ppo_math as pm
+
+EMBEDDED_PPO = Path(__file__).resolve().parents[2] / "conf" / "method_preset" / "sentiment_embedded" / "ppo.yaml"
 
 
 def test_gae_golden_case():
@@ -79,6 +83,50 @@ def test_adaptive_kl_controller_moves_towards_the_target_with_bounded_steps():
     fixed = pm.FixedKLController(0.1)
     fixed.update(100.0, 64)
     assert fixed.value == 0.1
+
+
+def test_linear_learning_rate_schedule_golden():
+    # linear: 1 - step / total_steps at 0-based step `step` (TRL/N+: frac = 1 - (update - 1) / num_updates)
+    assert pm.lr_factor("linear", 0, 150) == 1.0  # first step: the full rate
+    assert pm.lr_factor("linear", 75, 150) == 0.5  # mid-run: half
+    assert pm.lr_factor("linear", 149, 150) == pytest.approx(1 / 150)  # last step: 1 / total_steps
+    assert pm.lr_factor("linear", 150, 150) == 0.0 and pm.lr_factor("linear", 10 ** 6, 150) == 0.0  # never < 0
+    assert pm.lr_factor("constant", 149, 150) == 1.0
+    with pytest.raises(ValueError, match="'linear' or 'constant'"):
+        pm.lr_factor("cosine", 0, 150)
+
+
+def simulated_kl_trace(controller, steps: int, rollouts: int, c0: float = 0.2, tau: float = 10.0) -> list[float]:
+    """The adaptive controller against a stand-in for the policy: a monotone, lagged KL response. The policy's KL
+    relaxes by 1/tau of the gap each step towards its equilibrium c0 / coef (a doubled coefficient halves it),
+    starting at 0 (the SFT policy). c0 = 0.2, tau = 10 steps: at coef 0.1 the KL after 25 steps is
+    2 * (1 - 0.9^25) = 1.86, as the embedded runs' 1.7-2.2 at step 25. Returns the KL the controller saw each step."""
+    kl, trace = 0.0, []
+    for _ in range(steps):
+        kl += (c0 / controller.value - kl) / tau
+        trace.append(kl)
+        controller.update(kl, rollouts)
+    return trace
+
+
+@pytest.mark.parametrize("target", [0.5, 8.0])
+def test_embedded_kl_controller_settles_on_its_target_within_the_run(target):
+    """From init_coef 0.1 the KL must sit within +-10 % of the target over the second half of the preset's run
+    (the snapshots there are the run's frontier points). Target 0.5 needs coef 0.4 (c0 / 0.5), target 8 needs 0.025:
+    4x up or down from 0.1. The old horizon moves the coefficient at most x1.0128 per step (1 + 0.2 * 64 / 1000):
+    4x takes ln 4 / ln 1.0128 = 109 steps at full error, too slow for the run (and beyond its whole 100-step run's
+    1.0128^100 = 3.6x); in this simulation it settles only after steps ~110-120."""
+    m = OmegaConf.load(EMBEDDED_PPO).method
+    n, steps, horizon = m.batch_size, m.total_steps, m.kl.horizon
+    # The reachable factor over the run is ~2 orders of magnitude either way (the preset comments the arithmetic:
+    # 64 rollouts, horizon 512, 180 steps: 1.025^180 = 85 up, 0.975^180 = 1/95 down); the old 3.6 is far short.
+    assert (1 + 0.2 * n / horizon) ** steps > 50 and (1 - 0.2 * n / horizon) ** steps < 1 / 50
+
+    def settled(trace: list[float]) -> bool:
+        return all(abs(kl / target - 1) <= 0.1 for kl in trace[steps // 2:])
+    assert settled(simulated_kl_trace(pm.AdaptiveKLController(m.kl.init_coef, target, horizon), steps, n))
+    # The old horizon (1,000 rollouts) is too slow for the same run: not settled by mid-run.
+    assert not settled(simulated_kl_trace(pm.AdaptiveKLController(m.kl.init_coef, target, 1000), steps, n))
 
 
 def test_ema_update():
