@@ -63,14 +63,18 @@ def test_presets_declare_each_methods_sweep(experiment, method):
     params = dict(cfg.hydra.sweeper.params)
     assert list(params) == [SWEPT[method]]
     values = [float(v) for v in str(params[SWEPT[method]]).split(",")]
-    assert len(values) >= 3 and all(v > 0 for v in values)
+    # PPO's runs are long and snapshot early and often, so two KL targets span its frontier; DPO needs more betas
+    assert len(values) >= (2 if method.startswith("ppo") else 3) and all(v > 0 for v in values)
 
 
 def test_ppo_gt_differs_from_ppo_only_in_its_reward():
     for experiment in [e for e in group("experiment") if task_of(e) == "sentiment"]:
         ppo = OmegaConf.to_container(compose_cfg([f"experiment={experiment}", "method=ppo"]).method, resolve=True)
         gt = OmegaConf.to_container(compose_cfg([f"experiment={experiment}", "method=ppo_gt"]).method, resolve=True)
-        assert {k for k in ppo if ppo[k] != gt[k]} == {"name", "tag", "reward"}, experiment
+        # and where PPO's value model starts from r_phi, which PPO-GT does not have
+        differ = {k for k in ppo if ppo[k] != gt[k]}
+        assert differ - {"value_init"} == {"name", "tag", "reward"}, experiment
+        assert "value_init" not in differ or gt["value_init"] == "sft", experiment
 
 
 def test_paper_preset_names_the_papers_models_and_grid():
@@ -152,7 +156,7 @@ def test_launcher_presets_select_the_engines_and_keep_the_sweep(launcher, target
     cfg = compose_cfg([f"launcher={launcher}", "method=ppo"], hydra_node=True)
     assert cfg.hydra.launcher._target_ == target
     # The preset's own sweep grid survives the launcher choice, and each job's torch threads are set for it.
-    assert cfg.hydra.sweeper.params["method.kl.target"] == "2,4,8"
+    assert cfg.hydra.sweeper.params["method.kl.target"] == "1,8"
     assert cfg.threads == {"local": 1, "slurm": 8}[launcher]
     validate(cfg)
     if launcher == "slurm":
