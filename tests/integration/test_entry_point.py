@@ -48,9 +48,11 @@ def smoke_run(tmp_path_factory):
 
 def test_frontier_is_written_and_sane(smoke_run):
     df = pd.read_csv(smoke_run["out"] / "frontier.csv")
-    assert list(df.columns[:9]) == ["method", "param", "seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
-    sft = df[df.method == "sft"]
-    assert len(sft) == 1 and sft.kl.iloc[0] == 0.0 and sft.step.iloc[0] == 0
+    assert list(df.columns[:10]) == ["method", "param", "seed", "shared_seed", "step", "kl", "kl_se", "reward",
+                                     "reward_se", "n"]
+    assert {"val_kl", "val_reward"} <= set(df.columns)
+    sft = df[df.method == "sft"]  # one SFT point per pipeline seed (0, and 1 and 2 from the seeds sweep)
+    assert len(sft) == 3 and (sft.kl == 0.0).all() and (sft.step == 0).all() and (sft.val_kl == 0.0).all()
     dpo = df[(df.method == "dpo") & (df.seed == 0)]
     # max_steps=4, eval_every=2: snapshots at steps 2 and 4 for each beta
     assert sorted(dpo.param.unique()) == [0.1, 1.0]
@@ -61,8 +63,8 @@ def test_frontier_is_written_and_sane(smoke_run):
     summary = (smoke_run["out"] / "summary.md").read_text()
     for needle in ("pytest smoke", "held-out perplexity", "Prefix 1", "dpo β=0.1", "**total**", "git SHA",
                    "ppo KL target=3", "ppo_gt KL target=3",
-                   "## Reward at matched KL (interpolated, mean across seeds, 95 % interval)",
-                   "held-out pairwise accuracy", "## Seconds per training step", "| ppo | 2 |", "| dpo | 4 |"):
+                   "## Reward at matched KL (mean across seeds, 95 % interval)", "## Verdict", "## Reproducibility",
+                   "pairwise accuracy", "## Seconds per training step", "| ppo | 2 |", "| dpo | 4 |"):
         assert needle in summary
     for method, params in (("ppo", [1.0, 3.0]), ("ppo_gt", [3.0])):
         points = df[df.method == method]

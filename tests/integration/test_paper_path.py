@@ -41,6 +41,8 @@ def paper_cfg(local_models, tmp_path, *extra):
                         "model.sft.block_size=32", "model.sft.batch_size=8", "task.data.source=local",
                         f"task.data.local_files={data}", f"task.reward.hf_id={local_models / 'siebert-tiny'}",
                         "task.pairs.n_prompts=8", "task.eval.n_prompts=8", "task.winrate.n_prompts=4",
+                        "task.eval.n_validation_prompts=4", "task.pairs.n_validation_prompts=2",
+                        "task.pairs.n_test_prompts=2",
                         "task.generation.max_new_tokens=6",
                         "wandb.mode=disabled", f"paths.root={tmp_path / 'runs'}", *extra])
 
