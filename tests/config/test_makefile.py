@@ -68,3 +68,17 @@ def test_summarization_and_dialogue_targets_use_their_own_stages_and_methods():
         assert [m.removeprefix("method-") for m in fork.split()[-len(methods.split()):]] == methods.split(), target
         assert ("-j1 " in fork) == ("paper" in target), target
         assert any(f"analysis.winrate --task {analysis}" in line for line in lines), target
+
+
+def test_seeds_target_runs_the_resumable_sweep_headline_methods_first_then_the_analysis():
+    lines = " ".join(plan("reproduce-sentiment-seeds", "JOBS=2", "NPROC=2")).replace("\\ ", "").split(".venv/bin/python")
+    sweeps = [x for x in lines if "pipelines.sweep" in x]
+    assert len(sweeps) == 2
+    assert "--seeds 0-9 --methods dpo ppo ppo_gt" in sweeps[0] and "--jobs 2 --threads 2" in sweeps[0]
+    assert "--seeds 0-2 --methods ipo cdpo rloo rloo_gt bon preferred_ft unlikelihood" in sweeps[1]
+    assert "analysis.frontier" in lines[-1] and "--runs ${RVD_RUNS:-runs}" in lines[-1]
+
+
+def test_one_seed_results_go_under_the_run_folder_not_over_the_committed_ones():
+    line = next(x for x in plan("reproduce-sentiment", "METHODS=dpo") if "analysis.frontier" in x)
+    assert "--out ${RVD_RUNS:-runs}/results" in line and "--runs ${RVD_RUNS:-runs}" in line
