@@ -135,8 +135,10 @@ STAGES = {s.name: s for s in [
     Stage("reward_model", reward_model.run, ("reward_model", "shared_seed"), ("sft", "pairs"),
           lambda c: Path(c.paths.reward_model), distributed=True),
     # Best-of-N of a prompt-response task samples at each win-rate temperature, for the win-rate prompts.
-    Stage("train", _train, lambda c: (ON_POLICY_KEYS + (("task.winrate",) if is_text_task(c) and c.method.name == "bon"
-                                                        else ())) if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
+    # Sentiment's Best-of-N samples for every evaluation prefix (task.eval's test and validation counts).
+    Stage("train", _train, lambda c: (ON_POLICY_KEYS + ((("task.winrate",) if is_text_task(c) else ("task.eval",))
+                                                        if c.method.name == "bon" else ()))
+          if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
           lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method),
           distributed=lambda c: METHODS[c.method.name].in_all_processes()),
     Stage("evaluate", _evaluate, ("task.eval", "task.prompt", "task.generation", "seed", "data_seed"),
