@@ -375,24 +375,32 @@ def _clause(result: dict, rival: str) -> str:
     return f"{verb} ({'; '.join(details)})" if details else verb
 
 
-def verdict_sentence(rel_by_rival: dict[str, dict], names: dict[str, str], subject: str = "dpo") -> str:
+def verdict_sentence(rel_by_rival: dict[str, dict], names: dict[str, str], subject: str = "dpo",
+                     min_stability: float = 0.95) -> str:
     """One quotable sentence on the paper's claim that `subject` (DPO) dominates every rival.
 
     rel_by_rival: rival key (e.g. "ppo", "ppo_gt") -> compare_methods(subject's values, rival's values) result;
     names: key -> display name (a key without one is shown as is). The claim "holds" only if the subject dominates
     every rival, "does not hold" if any rival dominates it or the relation with any rival is mixed, and "is
-    undecided at this scale" otherwise (not distinguishable, or no comparable budget).
+    undecided at this scale" otherwise (not distinguishable, or no comparable budget). A result carrying
+    "stability" (bootstrap_stability) below `min_stability` decides nothing: its relation is reported with the
+    share of resamples that agree, and the claim is undecided unless another rival already settles it.
     """
     if not rel_by_rival:
         raise ValueError("verdict_sentence: no rival to compare with")
     me = names.get(subject, subject)
     rivals = {k: names.get(k, k) for k in rel_by_rival}
-    rels = [r["relation"] for r in rel_by_rival.values()]
+    def stable(r: dict) -> bool:
+        return "stability" not in r or r["stability"]["stability"] >= min_stability
+
+    rels = [r["relation"] if stable(r) else "unstable" for r in rel_by_rival.values()]
     claim = ("holds here" if all(r == "dominates" for r in rels) else
              "does not hold here" if any(r in ("dominated", "mixed") for r in rels) else
              "is undecided at this scale")
     whom = "both" if len(rivals) == 2 else _and(list(rivals.values()))
-    clauses = [_clause(res, rivals[k]) for k, res in rel_by_rival.items()]
+    clauses = [_clause(res, rivals[k]) + ("" if stable(res) else
+                                          f", a relation only {res['stability']['stability']:.0%} of bootstrap "
+                                          "resamples of the seeds repeat") for k, res in rel_by_rival.items()]
     ns = {k: r["n_seeds"] for k, r in rel_by_rival.items()}
     seeds = (str(next(iter(ns.values()))) if len(set(ns.values())) == 1
              else _and([f"{n} (vs {rivals[k]})" for k, n in ns.items()]))

@@ -301,3 +301,17 @@ def test_verdict_sentence_mentions_left_out_budgets():
     s = verdict_sentence({"ppo": r}, NAMES)
     assert "left out: DPO: seed 0 has no checkpoint at or below KL 0.5" in s
     assert "the paper's claim that DPO dominates PPO holds here" in s
+
+
+def test_an_unstable_relation_leaves_the_claim_undecided():
+    rng = np.random.default_rng(0)
+    budgets = [1.0, 2.0]
+    strong_a = rng.normal(0.7, 0.01, (10, 2))
+    strong = compare_methods(strong_a, strong_a - 0.1, budgets)
+    strong["stability"] = bootstrap_stability(strong_a, strong_a - 0.1, budgets)
+    assert strong["relation"] == "dominates" and strong["stability"]["stability"] == 1.0
+    names = {"dpo": "DPO", "ppo": "PPO", "ppo_gt": "PPO-GT"}
+    assert "holds here" in verdict_sentence({"ppo": strong, "ppo_gt": strong}, names)
+    shaky = dict(strong, stability={**strong["stability"], "stability": 0.52})
+    text = verdict_sentence({"ppo": strong, "ppo_gt": shaky}, names)
+    assert "is undecided at this scale" in text and "only 52% of bootstrap resamples" in text
