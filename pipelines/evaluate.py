@@ -1,8 +1,8 @@
 """Evaluation stage, shared by every method: one frontier point per policy snapshot.
 
 For each snapshot of the method (and the SFT policy itself for method=sft): sample completions on the held-out
-test prefixes (and, separately, on the validation prefixes) from the policy's full distribution, score them with r*, and estimate the sequence-level
-KL(pi || pi_SFT) from the same samples. Writes eval/step<N>.json (metrics) and eval/step<N>.samples.jsonl.
+test prefixes (and, separately, on the validation prefixes) from the policy's full distribution, score them with
+r*, and estimate the sequence-level KL(pi || pi_SFT) from the same samples. Writes eval/step<N>.json (metrics) and eval/step<N>.samples.jsonl.
 Each snapshot's file is written once, so an interrupted evaluation resumes where it stopped.
 """
 from __future__ import annotations

@@ -122,8 +122,8 @@ STAGES = {s.name: s for s in [
     Stage("tokenizer", tokenizer.run, ("model.pretrained", "model.tokenizer"), ("data",),
           lambda c: Path(c.paths.tokenizer)),
     # Prompt-response tasks: which examples fit and where answers are cut, and the loss mask, shape the SFT data too.
-    Stage("sft", sft.run, lambda c: ("model", "shared_seed") + (("task.sft", "task.prompt", "task.generation.max_new_tokens")
-                                                  if is_text_task(c) else ()),
+    Stage("sft", sft.run, lambda c: ("model", "shared_seed") + (
+        ("task.sft", "task.prompt", "task.generation.max_new_tokens") if is_text_task(c) else ()),
           ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
     Stage("reward", reward.run, ("task.reward", "data_seed"), ("data",), lambda c: Path(c.paths.reward)),
     Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation", "data_seed",
