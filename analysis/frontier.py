@@ -30,7 +30,8 @@ from analysis import stats  # noqa: E402
 
 COLUMNS = ["method", "param", "seed", "shared_seed", "step", "kl", "kl_se", "reward", "reward_se", "n"]
 VALIDATION = ["val_kl", "val_kl_se", "val_reward", "val_reward_se", "val_n"]
-EXTRA = ["tag", "mean_length", "eos_rate", "kl_kind"]
+# source: the eval file a point was read from, relative to the run root (its samples lie beside it).
+EXTRA = ["tag", "mean_length", "eos_rate", "kl_kind", "source"]
 NUMERIC = ["param", "seed", "shared_seed", "step", "kl", "kl_se", "reward", "reward_se", "n", "mean_length",
            "eos_rate", *VALIDATION]
 # Summary tables and the verdict list methods in this order; any other method follows, alphabetically.
@@ -63,8 +64,8 @@ def load_points(run_root: Path) -> pd.DataFrame:
     reward, ...; validation-prefix numbers in val_kl, val_reward, ...; shared_seed = the run's pipeline seed (its SFT,
     pairs and r_phi). SFT rows: one per pipeline seed, with seed = shared_seed."""
     # Only finished evaluations: a run still being evaluated would enter with part of its checkpoints.
-    rows = [json.loads(p.read_text()) for p in sorted(run_root.glob("**/eval/step*.json"))
-            if (p.parent / "done.json").exists()]
+    rows = [{**json.loads(p.read_text()), "source": p.relative_to(run_root).as_posix()}
+            for p in sorted(run_root.glob("**/eval/step*.json")) if (p.parent / "done.json").exists()]
     if not rows:
         raise SystemExit(f"no evaluated checkpoints under {run_root}: run the pipeline first")
     df = pd.DataFrame(rows)
@@ -376,14 +377,11 @@ def examples(run_root: Path, df: pd.DataFrame, n: int) -> list[str]:
     finals = _finals(df).sort_values("seed", kind="stable").groupby(["method", "param"], dropna=False).head(1)
     sources = []
     for _, r in finals.sort_index().iterrows():
-        if r.method == "sft":
-            f = _pipeline_folder(run_root, r.shared_seed) / "sft" / "eval" / f"step{int(r.step):06d}.samples.jsonl"
-            label = "SFT"
-        else:
-            seed, shared = int(r.seed), int(r.shared_seed)
-            folder = f"seed{seed}" if seed == shared else f"seed{seed}_sft{shared}"
-            f = run_root / folder / r.tag / "eval" / f"step{int(r.step):06d}.samples.jsonl"
-            label = f"{_run_label(r.method, r.param)} (step {int(r.step)}, seed {int(r.seed)})"
+        if pd.isna(r.get("source")):
+            continue
+        f = (run_root / r.source).with_suffix(".samples.jsonl")
+        label = "SFT" if r.method == "sft" else \
+            f"{_run_label(r.method, r.param)} (step {int(r.step)}, seed {int(r.seed)})"
         if f.exists():
             sources.append((label, [json.loads(x) for x in f.read_text().splitlines()[:n]]))
     for i in range(n):
@@ -600,10 +598,6 @@ def step_costs(run_root: Path) -> list[str]:
     return lines + [""]
 
 
-def _pipeline_folder(run_root: Path, seed: int) -> Path:
-    return run_root / ("shared" if int(seed) == 0 else f"pipeline{int(seed)}")
-
-
 def reproducibility(run_root: Path, df: pd.DataFrame) -> list[str]:
     """What the numbers depend on: the machines and builds the stages ran on (from the done-markers), each pipeline
     seed's SFT and r_phi, and the spread that the seeds carry."""
@@ -629,9 +623,10 @@ def reproducibility(run_root: Path, df: pd.DataFrame) -> list[str]:
         lines += ["| pipeline seed | SFT perplexity | SFT r* (test) | pairs | r_phi test accuracy [95 %] |",
                   "|---|---|---|---|---|"]
         for seed in seeds:
-            folder = _pipeline_folder(run_root, seed)
-            sm, pm, rm = (_done(folder / s).get("metrics", {}) for s in ("sft", "pairs", "reward_model"))
             sft = df[(df.method == "sft") & (df.shared_seed == seed)]
+            # <pipeline folder>/sft/eval/step000000.json: the seed's SFT, pairs and r_phi are beside its sft/
+            folder = (run_root / sft.source.iloc[0]).parents[2] if "source" in sft else run_root / "missing"
+            sm, pm, rm = (_done(folder / s).get("metrics", {}) for s in ("sft", "pairs", "reward_model"))
             ci = rm.get("eval_accuracy_ci95")
             lines.append(f"| {seed} | {sm.get('eval_perplexity', '—')} | {_fmt(float(sft.reward.iloc[0]), 4)} | "
                          f"{pm.get('n_pairs', '—')} | {rm.get('eval_accuracy', '—')}"
