@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 METRIC_DIR = Path(__file__).parent / "metrics" / "sequence_kl_reward"
 # The method setting each run's points are labelled with (the swept one); Preferred-FT varies only its seed.
 # (ipo: beta is IPO's tau; cdpo sweeps beta at a fixed label smoothing; bon's parameter is N, set by best_of_n.)
-FRONTIER_PARAM = {"dpo": "beta", "ipo": "beta", "cdpo": "beta", "unlikelihood": "alpha", "ppo": "kl.target",
-                  "ppo_gt": "kl.target", "rloo": "beta", "rloo_gt": "beta"}
+def frontier_param(method: DictConfig):
+    """The value of the method's frontier parameter (conf/method/<name>.yaml display.param), None without one."""
+    key = method.display.param
+    return OmegaConf.select(method, key) if key else None
 
 
 def evaluate_policy(policy, ref, tokenizer, reward: Reward, prompts: list[list[int]], *, max_new_tokens: int,
@@ -125,7 +127,5 @@ def run_sft(cfg: DictConfig, out_dir: Path) -> dict:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Every snapshot of the configured method."""
-    param = FRONTIER_PARAM.get(cfg.method.name)
-    meta = {"method": cfg.method.name, "tag": cfg.method.tag,
-            "param": OmegaConf.select(cfg.method, param) if param else None}
+    meta = {"method": cfg.method.name, "tag": cfg.method.tag, "param": frontier_param(cfg.method)}
     return evaluate_points(cfg, out_dir, method_snapshots(cfg), meta, cfg.seed)

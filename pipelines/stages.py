@@ -56,10 +56,27 @@ def _select(cfg: DictConfig, key: str):
         else value
 
 
+# Presentation keys (how the analysis names and draws a method): never part of what a stage computes.
+NOT_HASHED = ("method.display",)
+
+
+def _hashed(cfg: DictConfig, key: str):
+    value = _select(cfg, key)
+    for dotted in NOT_HASHED:
+        if dotted.startswith(key + ".") and isinstance(value, dict):
+            node = value
+            *parents, leaf = dotted[len(key) + 1:].split(".")
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+    return value
+
+
 def config_hash(cfg: DictConfig, stage: Stage, upstream_hashes: dict[str, str]) -> tuple[str, dict]:
     """Hash of what the stage depends on. Returns (hash, the hashed payload)."""
     keys = stage.keys(cfg) if callable(stage.keys) else stage.keys
-    payload = {"stage": stage.name, "config": {k: _select(cfg, k) for k in keys},
+    payload = {"stage": stage.name, "config": {k: _hashed(cfg, k) for k in keys},
                "upstream": dict(sorted(upstream_hashes.items()))}
     if stage.fingerprint is not None:
         payload["inputs"] = stage.fingerprint(cfg)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import best_of_n
 from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
-from pipelines.evaluate import FRONTIER_PARAM, test_prompts
+from pipelines.evaluate import frontier_param, test_prompts
 from pipelines.judge import (Comparison, JudgeStopped, build_judge, load_template, run_judgments, run_options,
                              win_rate)
 from pipelines.models import load_policy, load_tokenizer
@@ -94,10 +94,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     template = load_template(w.template if cfg.judge.get("template") is None else cfg.judge.template)
     is_bon = cfg.method.name == "bon"
     temperatures = [1.0] if is_bon and not text else list(w.temperatures)
-    param_key = FRONTIER_PARAM.get(cfg.method.name)
     meta = {"method": cfg.method.name, "tag": cfg.method.tag, "seed": cfg.seed, "judge": cfg.judge.name,
             "param": max(cfg.method.n_grid) if is_bon else
-            (OmegaConf.select(cfg.method, param_key) if param_key else None)}
+            frontier_param(cfg.method)}
     # Best-of-N samples from the SFT policy; at T = 0 (prompt-response tasks) every one of its N samples is the
     # greedy one, so it is judged by that.
     sampler = Path(cfg.paths.sft) / "policy" if is_bon else policy_dir(cfg)
