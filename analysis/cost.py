@@ -1,6 +1,6 @@
 """What each pipeline costs: the DPO pipeline (preference pairs -> DPO) against the RLHF pipeline (preference pairs ->
 reward model -> PPO), each stage counted once, from the cost blocks of the stages' done-markers
-(pipelines/cost.py). Writes cost.csv and cost.png; `lines()` gives the summary.md section.
+(pipelines/infra/cost_meter.py). Writes cost.csv and cost.png; `lines()` gives the summary.md section.
 
   python -m analysis.cost --task sentiment --preset embedded [--runs runs] [--out results]
 
@@ -11,7 +11,6 @@ The paper's rebuttal claims DPO needs ~5-8x less compute time and at most half t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -20,34 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.frontier import _done  # noqa: E402
+from analysis.load import COST_FIELDS as FIELDS  # noqa: E402
+from analysis.load import stage_costs  # noqa: E402
+from analysis.report import table_head  # noqa: E402
 
-FIELDS = ["wall_s", "train_tokens", "forward_tokens", "generated_tokens", "flops_est", "peak_host_mem_mb",
-          "peak_gpu_mem_mb"]
 # Pipelines compared: name -> (shared stages, the method whose train stage completes it).
 PIPELINES = {"DPO": (["pairs"], "dpo"), "RLHF (PPO)": (["pairs", "reward_model"], "ppo")}
 PAPER_CLAIM = "DPO needs ~5-8x less compute time and at most half the accelerator memory of PPO-based RLHF"
-
-
-def stage_costs(run_root: Path) -> pd.DataFrame:
-    """One row per finished stage that has a cost block: component (shared stage name or 'train <method>'),
-    method, seed, tag and the cost fields."""
-    rows = []
-    for name in ("sft", "pairs", "reward_model"):
-        cost = _done(run_root / "shared" / name).get("cost")
-        if cost:
-            rows.append({"component": name, "method": None, "tag": name, **{k: cost.get(k) for k in FIELDS}})
-    for run_dir in sorted(run_root.glob("seed*/*")):
-        done = _done(run_dir)
-        if not done.get("cost") or not (run_dir / "stage_config.json").exists():
-            continue
-        method = json.loads((run_dir / "stage_config.json").read_text())["config"]["method"]["name"]
-        rows.append({"component": f"train {method}", "method": method, "tag": run_dir.name,
-                     **{k: done["cost"].get(k) for k in FIELDS}})
-    df = pd.DataFrame(rows, columns=["component", "method", "tag"] + FIELDS)
-    for k in FIELDS:
-        df[k] = pd.to_numeric(df[k])
-    return df
 
 
 def pipeline_table(stages: pd.DataFrame) -> pd.DataFrame:
@@ -137,8 +115,8 @@ def lines(table: pd.DataFrame, stages: pd.DataFrame) -> list[str]:
            "counted once, a method's training as the mean over its runs; SFT and evaluation are common to both and "
            "left out. FLOPs are estimated as 6N per trained token and 2N per forward token (generation included); "
            "peak memory is the process's (host RSS; GPU where there is one).", "",
-           "| pipeline | component | runs | wall (s) | trained tokens | forward tokens | generated | est. FLOPs | "
-           "peak host (MiB) | peak GPU (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           *table_head(["pipeline", "component", "runs", "wall (s)", "trained tokens", "forward tokens", "generated",
+                        "est. FLOPs", "peak host (MiB)", "peak GPU (MiB)"])]
     for _, row in table.iterrows():
         bold = "**" if row.component == "total" else ""
         out.append(f"| {row.pipeline} | {bold}{row.component}{bold} | {'' if pd.isna(row.runs) else int(row.runs)} | "
@@ -156,7 +134,7 @@ def lines(table: pd.DataFrame, stages: pd.DataFrame) -> list[str]:
     trains = stages[stages.method.notna()]
     if not trains.empty:
         out += ["", "Training stage of every method (mean over its runs):", "",
-                "| method | runs | wall (s) | est. FLOPs | generated tokens | peak host (MiB) |", "|---|---|---|---|---|---|"]
+                *table_head(["method", "runs", "wall (s)", "est. FLOPs", "generated tokens", "peak host (MiB)"])]
         for method, sel in trains.groupby("method", sort=False):
             out.append(f"| {method} | {len(sel)} | {sel.wall_s.mean():.0f} | {sel.flops_est.mean():.3g} | "
                        f"{sel.generated_tokens.mean():.3g} | {sel.peak_host_mem_mb.mean():.0f} |")

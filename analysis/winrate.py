@@ -1,11 +1,12 @@
 """Win rates of every run against the task's reference, per judge and temperature: winrates.csv,
 winrate_vs_temperature[_<judge>].png, and the summary's win-rate section.
 
-Reads runs/<task>/<preset>/seed*/<run>/winrate/<judge>/winrates.json (pipelines/winrate.py). Seeds of the same
+Reads runs/<task>/<preset>/seed*/<run>/winrate/<judge>/winrates.json (pipelines/stages/winrate.py). Seeds of the same
 (method, setting) are averaged; the interval is the 95 % t-interval across seeds (one seed: ± its binomial s.e.).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -16,19 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.frontier import COLORS, NAMES, METHOD_ORDER, _done, _git_sha, _run_label, t975  # noqa: E402
-
-COLUMNS = ["judge", "split", "method", "param", "seed", "temperature", "win_rate", "win_rate_se", "n", "n_invalid",
-           "tag"]
-
-
-def load_winrates(run_root: Path) -> pd.DataFrame:
-    rows = [r for p in sorted(run_root.glob("seed*/*/winrate/*/winrates.json")) for r in json.loads(p.read_text())]
-    df = pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
-    df["split"] = df["split"].fillna("test")  # rows written before the out-of-distribution split existed
-    for col in ("param", "seed", "temperature", "win_rate", "win_rate_se", "n", "n_invalid"):
-        df[col] = pd.to_numeric(df[col])
-    return df
+from analysis import cost, names, report  # noqa: E402
+from analysis.intervals import t975  # noqa: E402
+from analysis.load import _done, _finals, load_points, load_winrates  # noqa: E402
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +58,6 @@ def validation_choice(run_root: Path) -> dict:
     """Per method: the setting whose final checkpoints have the highest mean r* on the VALIDATION prefixes (across
     seeds), so the win-rate table's setting is never chosen on the test prefixes it reports. {} without
     evaluations (prompt-response tasks)."""
-    from analysis.frontier import _finals, load_points
     try:
         df = load_points(run_root)
     except SystemExit:
@@ -86,14 +76,14 @@ def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict
     for method in _ordered(best.method):
         g = best[best.method == method].sort_values("temperature")
         seeds = int(g.seeds.max())
-        label = _run_label(method, g.param.iloc[0]) + f" ({seeds} seed{'s' if seeds > 1 else ''})"
+        label = names.run_label(method, g.param.iloc[0]) + f" ({seeds} seed{'s' if seeds > 1 else ''})"
         if len(g) == 1:  # sentiment's Best-of-N: temperature 1 only
-            ax.errorbar(g.temperature, g.win_rate, yerr=g.half_width, fmt="s", color=COLORS.get(method), capsize=3,
+            ax.errorbar(g.temperature, g.win_rate, yerr=g.half_width, fmt="s", color=names.color(method), capsize=3,
                         label=label)
         else:
-            ax.plot(g.temperature, g.win_rate, "-o", ms=4, color=COLORS.get(method), label=label)
+            ax.plot(g.temperature, g.win_rate, "-o", ms=4, color=names.color(method), label=label)
             ax.fill_between(g.temperature, g.win_rate - g.half_width, g.win_rate + g.half_width,
-                            color=COLORS.get(method), alpha=0.12, lw=0)
+                            color=names.color(method), alpha=0.12, lw=0)
     ax.axhline(0.5, color="0.4", lw=0.8, ls=":")
     ax.set_xlabel("sampling temperature")
     ax.set_ylabel(f"win rate against {reference}")
@@ -107,7 +97,9 @@ def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict
 
 
 def _ordered(methods) -> list[str]:
-    return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    """Display order (conf/method/*.yaml); SFT, the policy every method starts from, after the trained ones, where
+    these tables have always listed it (its display order puts it first, as in the frontier's)."""
+    return sorted(set(methods), key=lambda m: (m == "sft", names.sort_key(m)))
 
 
 def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = False, chosen: dict | None = None
@@ -138,22 +130,21 @@ def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = Fal
         best = best_settings(g, chosen)
         invalid = int(g.n_invalid.sum())
         lines += [f"**Judge: {judge}** ({invalid} invalid answers in all)", "",
-                  "| method | setting | seeds | " + " | ".join(f"T={t:g}" for t in temps) + " |",
-                  "|---|---|---|" + "---|" * len(temps)]
+                  *report.table_head(["method", "setting", "seeds", *(f"T={t:g}" for t in temps)])]
         for method in _ordered(best.method):
             b = best[best.method == method].set_index("temperature")
             cells = [f"{b.win_rate[t]:.3f} ± {b.half_width[t]:.3f}" if t in b.index else "" for t in temps]
             param = b.param.iloc[0]
-            lines.append(f"| {NAMES.get(method, method)} | {'' if pd.isna(param) else f'{param:g}'} | "
+            lines.append(f"| {names.display_name(method)} | {'' if pd.isna(param) else f'{param:g}'} | "
                          f"{int(b.seeds.max())} | " + " | ".join(cells) + " |")
         lines.append("")
     if len(ood):
         lines += ["### Out of distribution (temperature 0)", "",
                   "The same final policies on the out-of-distribution prompts (CNN/DailyMail articles in the TL;DR "
                   "format, the judge told they are news articles), greedy, against their reference summaries.", "",
-                  "| judge | method | setting | seeds | win rate | n |", "|---|---|---|---|---|---|"]
+                  *report.table_head(["judge", "method", "setting", "seeds", "win rate", "n"])]
         for (judge, method, param), b in ood.groupby(["judge", "method", "param"], dropna=False):
-            lines.append(f"| {judge} | {NAMES.get(method, method)} | {'' if pd.isna(param) else f'{param:g}'} | "
+            lines.append(f"| {judge} | {names.display_name(method)} | {'' if pd.isna(param) else f'{param:g}'} | "
                          f"{int(b.seeds.max())} | {b.win_rate.iloc[0]:.3f} ± {b.half_width.iloc[0]:.3f} | "
                          f"{int(b.n_per_seed.iloc[0])} |")
         lines.append("")
@@ -173,7 +164,6 @@ def write(run_root: Path, out_dir: Path, task: str, preset: str, reference: str,
         name = "winrate_vs_temperature.png" if judge == "oracle" else f"winrate_vs_temperature_{judge}.png"
         plot(g, out_dir / name, f"{task} ({preset}): win rate vs temperature, judge {judge}", reference, chosen)
     return summary_lines(agg, reference, prompt_response, chosen)
-
 
 
 # ------------------------------------------------------------------------------- prompt-response tasks' summary
@@ -248,9 +238,6 @@ def example_lines(run_root: Path, judge: str, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-    from datetime import datetime, timezone
-
     ap = argparse.ArgumentParser(description="Win-rate tables and plots of the summarization and dialogue tasks.")
     ap.add_argument("--task", required=True, choices=sorted(PAPER))
     ap.add_argument("--preset", default="embedded")
@@ -266,15 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     lines = write(run_root, out_dir, args.task, args.preset, reference, prompt_response=True)
     if not lines:
         raise SystemExit(f"no win rates under {run_root} (run the pipeline first)")
-    from analysis import cost
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
-    sha = _git_sha()[:7]
-    ran_at = sorted({_done(p.parent).get("git_sha", "")[:7] for p in run_root.glob("**/done.json")} - {""})
+    sha = report.git_sha()[:7]
+    ran_at = report.stage_shas(run_root, 7)
     judges = sorted(load_winrates(run_root).judge.unique())
     head = [f"# {args.task} ({args.preset}): win rates", "",
             f"Produced by `{args.command}`; its stages ran at commit(s) {', '.join(ran_at) or 'unknown'}, these "
-            f"tables were written at {sha or 'unknown'}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
-            f"Judge(s): {', '.join(judges)}.", ""]
+            f"tables were written at {sha or 'unknown'}, {report.stamp()}. Judge(s): {', '.join(judges)}.", ""]
     if args.preset != "paper":
         head += [SMOKE_NOTE, ""]
     head += ["The paper, for orientation: " + PAPER[args.task][0], ""]

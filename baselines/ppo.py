@@ -39,16 +39,16 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-from baselines import ppo_math as pm
-from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, use_bf16
-from pipelines.cost import meter
-from pipelines.data import load_split
-from pipelines.distributed import Replicas, replicates_weights
-from pipelines.lm_head import entropy
-from pipelines.models import attn_kwargs, load_policy, load_tokenizer
-from pipelines.prompts import make_prefixes
-from pipelines.sampling import batch_seed, right_pad, sample_completions
-from pipelines.tracking import finish_wandb, log_metrics, trainer_report_to
+from baselines.onpolicy import method_scorer, prompt_stream, train_prefixes
+from pipelines.infra.cost_meter import meter
+from pipelines.infra.device import pick_device, use_bf16
+from pipelines.infra.distributed import Replicas, replicates_weights, world_size
+from pipelines.infra.io import UserError, atomic_write_json, read_jsonl
+from pipelines.infra.tracking import finish_wandb, log_metrics, trainer_report_to
+from pipelines.lm.lm_head import entropy
+from pipelines.lm.models import attn_kwargs, load_policy, load_tokenizer
+from pipelines.lm.sampling import batch_seed, right_pad, sample_completions
+from pipelines.numerics import ppo_math as pm
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class ValueModel(torch.nn.Module):
 
     def save(self, folder: Path) -> None:
         self.trunk.save_pretrained(str(folder), safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / "value_head.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()},
+                  str(folder / "value_head.safetensors"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -345,48 +346,34 @@ class PPO:
         return int(state["step"])
 
 
-def text_scorer(reward, tokenizer):
-    """Adapt a text reward (r*: TF-IDF model or a classifier with its own tokenizer) to the scorer interface."""
-    def score(prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
-        return list(reward(tokenizer.batch_decode([p + c for p, c in zip(prompts, completions)],
-                                                  skip_special_tokens=True)))
-    return score
-
-
-def method_scorer(cfg: DictConfig, tokenizer, device):
-    """The reward an online method optimises: r_phi (method.reward=learned) or r* (gt), as a scorer on token ids."""
-    if cfg.method.reward == "learned":
-        from baselines.reward_model import load_scorer
-        return load_scorer(cfg, device)
-    if cfg.method.reward == "gt":
-        from pipelines.reward import load_reward
-        return text_scorer(load_reward(cfg), tokenizer)
-    raise UserError(f"method.reward must be 'learned' or 'gt', got '{cfg.method.reward}'")
-
-
-def train_prefixes(cfg: DictConfig, tokenizer, n: int) -> list[list[int]]:
-    """The first n train prefixes (token ids): the prompt pool of the online methods. Prompt-response tasks: the
-    first n train prompts of the data (pipelines/text_task.py)."""
-    from pipelines import text_task
-    if text_task.is_text_task(cfg):
-        return text_task.train_prompts(cfg, tokenizer, n)
-    return [x["prompt_ids"] for x in make_prefixes(
-        load_split(cfg.paths.data, "train"), tokenizer, n, cfg.task.prompt.min_tokens, cfg.task.prompt.max_tokens,
-        cfg.shared_seed, "train")]
-
-
-def _prompt_stream(prompts: list[list[int]], batch_size: int, seed: int, step: int) -> list[list[int]]:
-    """Prompts of step `step`: passes over a seeded permutation of the pool, a pure function of (seed, step)."""
-    n = len(prompts)
-    orders: dict[int, list[int]] = {}  # one permutation per pass touched by this step (one or two)
-    out = []
-    for k in range(step * batch_size, (step + 1) * batch_size):
-        epoch, i = divmod(k, n)
-        if epoch not in orders:
-            gen = torch.Generator().manual_seed(batch_seed(seed, "ppo/prompts", epoch))
-            orders[epoch] = torch.randperm(n, generator=gen).tolist()
-        out.append(prompts[orders[epoch][i]])
-    return out
+def check(cfg: DictConfig, need) -> None:
+    """PPO's config, checked before anything runs (pipelines/validate.py calls it through the METHODS row)."""
+    m = cfg.method
+    need(m.reward in ("learned", "gt"), f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
+    need(m.total_steps >= 1, f"method.total_steps must be >= 1, got {m.total_steps}")
+    need(m.batch_size >= 2, f"method.batch_size must be >= 2 (advantages are whitened over it), got {m.batch_size}")
+    need(1 <= m.minibatch_size <= m.batch_size and m.batch_size % m.minibatch_size == 0,
+         f"method.minibatch_size ({m.minibatch_size}) must divide method.batch_size ({m.batch_size})")
+    need(1 <= m.micro_batch_size <= m.minibatch_size,
+         f"method.micro_batch_size ({m.micro_batch_size}) must be in 1..minibatch_size ({m.minibatch_size})")
+    w = world_size()
+    if w > 1 and replicates_weights():  # PPO trains data-parallel: each process a share of both
+        need(m.minibatch_size % w == 0,
+             f"method.minibatch_size ({m.minibatch_size}) must be a multiple of the {w} processes of the launch")
+    need(m.ppo_epochs >= 1, f"method.ppo_epochs must be >= 1, got {m.ppo_epochs}")
+    need(m.learning_rate > 0 and m.value_learning_rate > 0, "method.learning_rate and value_learning_rate must be > 0")
+    need(0 < m.lam <= 1 and 0 < m.gamma <= 1, f"method.gamma and method.lam must be in (0, 1], got {m.gamma}, {m.lam}")
+    need(m.clip_range > 0 and m.clip_range_value > 0, "method.clip_range and clip_range_value must be > 0")
+    need(m.kl.init_coef >= 0, f"method.kl.init_coef must be >= 0, got {m.kl.init_coef}")
+    need(m.kl.target is None or m.kl.target > 0, f"method.kl.target must be > 0 or null, got {m.kl.target}")
+    need(m.kl.target is None or m.kl.init_coef > 0, "method.kl.init_coef must be > 0 with an adaptive target "
+                                                   "(the controller scales it)")
+    need(m.kl.horizon > 0, f"method.kl.horizon must be > 0, got {m.kl.horizon}")
+    need(m.ref_ema_decay is None or 0 < m.ref_ema_decay < 1,
+         f"method.ref_ema_decay must be in (0, 1) or null, got {m.ref_ema_decay}")
+    need(m.eval_every >= 1 and m.save_steps >= 1, "method.eval_every and method.save_steps must be >= 1")
+    need(not m.normalize_scores or m.score_norm_samples >= 2,
+         "method.score_norm_samples must be >= 2 when normalize_scores is on")
 
 
 def check_settings(m: DictConfig) -> None:
@@ -464,14 +451,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             metrics_path.unlink(missing_ok=True)
             shutil.rmtree(out_dir / "snapshots", ignore_errors=True)  # from a start that never reached a checkpoint
         if m.normalize_scores:
-            ppo.fit_score_normalisation(replicas.shard(_prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0)))
+            ppo.fit_score_normalisation(replicas.shard(prompt_stream(pool, m.score_norm_samples, cfg.seed + 1, 0)))
             if m.value_init == "reward_model":  # r_phi's head then predicts the normalised score
                 value_model.normalise_head(ppo.score_mean, ppo.score_std)
     report_to = trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}") if replicas.main else []
     t0, last_row, snapshots = time.time(), {}, snapshot_steps(m)
     for step in tqdm(range(start, m.total_steps), desc=f"{m.tag}", initial=start, total=m.total_steps,
                      disable=not replicas.main):
-        row = ppo.step(step, replicas.shard(_prompt_stream(pool, m.batch_size, cfg.seed, step)))
+        row = ppo.step(step, replicas.shard(prompt_stream(pool, m.batch_size, cfg.seed, step)))
         done = step + 1
         last_row = row
         if not replicas.main:

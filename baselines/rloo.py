@@ -18,16 +18,16 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from trl import RLOOConfig, RLOOTrainer
 
-from baselines.ppo import method_scorer, train_prefixes
-from pipelines import vllm_sampling
-from pipelines.common import pick_device, use_bf16
-from pipelines.cost import add_generated, meter
-from pipelines.distributed import per_process
-from pipelines.dpo import SnapshotPolicy, train_and_save
-from pipelines.lm_head import apply_to_trainer, use_mask_positions
-from pipelines.models import load_policy, load_tokenizer
-from pipelines.sampling import sample_completions
-from pipelines.tracking import JsonlMetrics, trainer_report_to
+from baselines.onpolicy import method_scorer, train_prefixes
+from pipelines.infra.cost_meter import add_generated, meter
+from pipelines.infra.device import pick_device, use_bf16
+from pipelines.infra.distributed import per_process
+from pipelines.infra.tracking import JsonlMetrics, trainer_report_to
+from pipelines.lm import vllm_engine
+from pipelines.lm.lm_head import apply_to_trainer, use_mask_positions
+from pipelines.lm.models import load_policy, load_tokenizer
+from pipelines.lm.sampling import sample_completions
+from pipelines.lm.trainer import SnapshotPolicy, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,25 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         gradient_checkpointing=False, report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"),
         seed=cfg.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu",
         # task.generation.backend=vllm: TRL's own colocated vLLM engine samples the rollouts.
-        use_vllm=vllm_sampling.active(), vllm_mode="colocate",
-        vllm_gpu_memory_utilization=vllm_sampling.gpu_memory_utilization())
+        use_vllm=vllm_engine.active(), vllm_mode="colocate",
+        vllm_gpu_memory_utilization=vllm_engine.gpu_memory_utilization())
     trainer = make_trainer(policy, make_reward_func(scorer, mean, std), args, data, tokenizer,
                            [JsonlMetrics(out_dir / "metrics.jsonl"),
                             SnapshotPolicy(out_dir / "snapshots", m.eval_every, tokenizer)], cfg.model.dense_logits)
     if getattr(trainer, "ref_model", None) is not None:  # TRL loads the KL reference itself (beta > 0)
         meter(trainer.ref_model)
     return {**train_and_save(trainer, tokenizer, out_dir), "n_prompts": len(data), "score_mean": mean, "score_std": std}
+
+
+def check(cfg: DictConfig, need) -> None:
+    m = cfg.method
+    need(m.reward in ("learned", "gt"), f"method.reward must be 'learned' or 'gt', got '{m.reward}'")
+    need(m.num_generations >= 2, f"method.num_generations must be >= 2 (leave-one-out baseline), got "
+                                 f"{m.num_generations}")
+    need(m.batch_size % m.num_generations == 0 if m.num_generations else False,
+         f"method.batch_size ({m.batch_size}) must be a multiple of num_generations ({m.num_generations})")
+    need(m.beta >= 0 and m.learning_rate > 0 and m.total_steps >= 1,
+         "method needs beta >= 0, learning_rate > 0, total_steps >= 1")
+    need(m.eval_every >= 1 and m.save_steps >= 1, "method.eval_every and method.save_steps must be >= 1")
+    need(not m.normalize_scores or m.score_norm_samples >= 2,
+         "method.score_norm_samples must be >= 2 when normalize_scores is on")

@@ -32,11 +32,12 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback
 from trl import DPOConfig
 
-from pipelines.common import git_sha, trainer_precision, use_bf16, versions
-from pipelines.cost import meter, track
 from pipelines.dpo import SampledTokenDPOTrainer
-from pipelines.lm_head import apply_to_trainer
-from pipelines.sampling import sample_completions, sequence_logprobs
+from pipelines.infra.cost_meter import meter, track
+from pipelines.infra.device import trainer_precision, use_bf16
+from pipelines.infra.provenance import git_sha, versions
+from pipelines.lm.lm_head import apply_to_trainer
+from pipelines.lm.sampling import sample_completions, sequence_logprobs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda: ppo.step(next(step), ppo_prompts), args.repeats)
     # The evaluation of one checkpoint: the preset's held-out prefixes, one sample each, policy and reference
     # log-probs (a stand-in reward: r* is a TF-IDF model, negligible next to this).
-    from pipelines.evaluate import evaluate_policy
+    from pipelines.stages.evaluate import evaluate_policy
 
     n_eval = args.eval_prefixes or task_cfg.eval.n_prompts * task_cfg.eval.samples_per_prompt
     eval_prompts = [prompts[i % batch] for i in range(n_eval)]

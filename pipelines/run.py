@@ -26,13 +26,15 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from baselines import ppo, reward_model, rloo  # noqa: E402
-from pipelines import (best_of_n, data, distributed, dpo, evaluate, likelihood, pairs, reward, sft,  # noqa: E402
-                       tokenizer, vllm_sampling, winrate)
-from pipelines.common import UserError  # noqa: E402
-from pipelines.models import set_attn_implementation  # noqa: E402
-from pipelines.stages import Stage, run_stage  # noqa: E402
-from pipelines.text_task import is_text_task  # noqa: E402
+from baselines import best_of_n, ppo, preferred_ft, rloo, unlikelihood  # noqa: E402
+from pipelines import dpo  # noqa: E402
+from pipelines.infra import distributed  # noqa: E402
+from pipelines.infra.bookkeeping import Stage, run_stage  # noqa: E402
+from pipelines.infra.io import UserError  # noqa: E402
+from pipelines.lm import vllm_engine  # noqa: E402
+from pipelines.lm.models import set_attn_implementation  # noqa: E402
+from pipelines.stages import data, evaluate, gold_reward, pairs, reward_model, sft, tokenizer, winrate  # noqa: E402
+from pipelines.tasks.prompt_response import is_text_task  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
@@ -52,38 +54,59 @@ def _base_baseline(cfg: DictConfig, out_dir: Path) -> dict:
 
 @dataclass(frozen=True)
 class Method:
-    """How a method trains: its trainer, the upstream stages it reads besides its config, whether it samples
-    prompts and completions itself (then the prompt and generation settings are part of its stage hash), and whether
-    its training is a Trainer that a multi-process launch spreads over every process (else the main process alone)."""
+    """Every per-method fact the pipeline needs. Its display name, colour and frontier parameter are in
+    conf/method/<name>.yaml (display:), where the analysis reads them."""
+    # The training stage: (cfg, out_dir) -> done-marker fields
     train: Callable[[DictConfig, Path], dict]
+    # Upstream stages it reads besides its config (their hashes enter its train stage's hash)
     inputs: tuple[str, ...]
+    # Samples prompts and completions itself: the prompt and generation settings are part of its stage hash
     on_policy: bool = False
-    # True, False, or a function of nothing (the launch) deciding it
+    # Its training is a Trainer that a multi-process launch spreads over every process (else the main process
+    # alone): True, False, or a function of nothing (the launch) deciding it
     distributed: bool | Callable[[], bool] = False
+    # Its own config check, (cfg, need) -> None, run with every other check before anything trains
+    check: Callable | None = None
+    # The task formats it runs on (task.format): prefix (sentiment), prompt_response (summarization, dialogue)
+    formats: tuple[str, ...] = ("prefix", "prompt_response")
+    # method.batch_size is the global batch of one optimiser step (split over the processes of a launch)
+    global_batch: bool = False
+    # Its evaluation stage (sentiment), when it is not evaluate.run over its policy snapshots
+    evaluate: Callable[[DictConfig, Path], dict] | None = None
 
     def in_all_processes(self) -> bool:
         return self.distributed() if callable(self.distributed) else self.distributed
 
 
-# Offline methods read the pairs; PPO, RLOO and Best-of-N the learned reward model r_phi (trained on those pairs);
-# the -GT variants the ground-truth reward r*.
+def _base_check(cfg: DictConfig, need) -> None:
+    need(bool(cfg.model.pretrained), "method=base prompts the pretrained base model (paper: zero-shot GPT-J, 2-shot "
+                                     "Pythia-2.8B); this preset trains its model from scratch (model.pretrained is "
+                                     "null), so it has none")
+    need(cfg.method.shots >= 0, f"method.shots must be >= 0, got {cfg.method.get('shots')}")
+
+
+LEARNED = ("data", "sft", "reward_model")  # the online methods of RLHF: r_phi, trained on the pairs
+GOLD = ("data", "sft", "reward")  # their -GT variants: the ground-truth reward r*
+OFFLINE = dict(inputs=OFFLINE_INPUTS, distributed=True, global_batch=True)
 METHODS = {
-    "dpo": Method(dpo.run, OFFLINE_INPUTS, distributed=True),
-    "ipo": Method(dpo.run, OFFLINE_INPUTS, distributed=True),
-    "cdpo": Method(dpo.run, OFFLINE_INPUTS, distributed=True),
-    "preferred_ft": Method(likelihood.run_preferred_ft, OFFLINE_INPUTS, distributed=True),
-    "unlikelihood": Method(likelihood.run_unlikelihood, OFFLINE_INPUTS, distributed=True),
-    "bon": Method(best_of_n.run, ("data", "sft", "reward_model"), on_policy=True),
+    "dpo": Method(dpo.run, check=dpo.check, **OFFLINE),
+    "ipo": Method(dpo.run, check=dpo.check, **OFFLINE),
+    "cdpo": Method(dpo.run, check=dpo.check, **OFFLINE),
+    "preferred_ft": Method(preferred_ft.run_preferred_ft, check=preferred_ft.check, **OFFLINE),
+    "unlikelihood": Method(unlikelihood.run_unlikelihood, check=unlikelihood.check, **OFFLINE),
+    "bon": Method(best_of_n.run, LEARNED, on_policy=True, check=best_of_n.check, evaluate=best_of_n.evaluate),
     # Our own PPO loop trains data-parallel (torch DDP) when the launch keeps whole weights in every process; under
     # an FSDP or DeepSpeed launch it runs in the main process alone (its sampling needs every weight).
-    "ppo": Method(ppo.run, ("data", "sft", "reward_model"), on_policy=True, distributed=distributed.replicates_weights),
-    "ppo_gt": Method(ppo.run, ("data", "sft", "reward"), on_policy=True, distributed=distributed.replicates_weights),
-    "rloo": Method(rloo.run, ("data", "sft", "reward_model"), on_policy=True, distributed=True),
-    "rloo_gt": Method(rloo.run, ("data", "sft", "reward"), on_policy=True, distributed=True),
+    "ppo": Method(ppo.run, LEARNED, on_policy=True, distributed=distributed.replicates_weights, check=ppo.check),
+    "ppo_gt": Method(ppo.run, GOLD, on_policy=True, distributed=distributed.replicates_weights, check=ppo.check,
+                     formats=("prefix",)),
+    "rloo": Method(rloo.run, LEARNED, on_policy=True, distributed=True, check=rloo.check, global_batch=True),
+    "rloo_gt": Method(rloo.run, GOLD, on_policy=True, distributed=True, check=rloo.check, global_batch=True,
+                      formats=("prefix",)),
     # The SFT policy as a baseline (prompt-response tasks; in dialogue it is the Preferred-FT reference).
-    "sft": Method(_sft_baseline, ("sft",)),
+    "sft": Method(_sft_baseline, ("sft",), formats=("prompt_response",)),
     # The pretrained base model, zero- or few-shot prompted (prompt-response tasks with model.pretrained).
-    "base": Method(_base_baseline, ("data", "tokenizer")),
+    "base": Method(_base_baseline, ("data", "tokenizer"), check=_base_check, formats=("prompt_response",)),
 }
 OFFLINE_KEYS = ("method", "seed")
 WINRATE_KEYS = ("judge.backend", "judge.name", "judge.model", "judge.template", "task.winrate", "task.generation",
@@ -111,9 +134,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def _evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    if cfg.method.name == "bon":  # no policy to sample from: the selections of the train stage are the points
-        return best_of_n.evaluate(cfg, out_dir)
-    return evaluate.run(cfg, out_dir)
+    hook = METHODS[cfg.method.name].evaluate  # Best-of-N: no policy to sample from; its selections are the points
+    return (hook or evaluate.run)(cfg, out_dir)
 
 
 STAGES = {s.name: s for s in [
@@ -125,7 +147,7 @@ STAGES = {s.name: s for s in [
     Stage("sft", sft.run, lambda c: ("model", "shared_seed") + (
         ("task.sft", "task.prompt", "task.generation.max_new_tokens") if is_text_task(c) else ()),
           ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
-    Stage("reward", reward.run, ("task.reward", "data_seed"), ("data",), lambda c: Path(c.paths.reward)),
+    Stage("reward", gold_reward.run, ("task.reward", "data_seed"), ("data",), lambda c: Path(c.paths.reward)),
     Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation", "data_seed",
                                              "shared_seed"),
           ("data", "sft", "reward"), lambda c: Path(c.paths.sft) / "eval"),
@@ -153,17 +175,23 @@ STAGES = {s.name: s for s in [
 ]}
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, str]:
-    """Validate, then run every stage of cfg.pipeline. Returns the stage hashes."""
-    validate(cfg)
+def check(cfg: DictConfig) -> None:
+    """Every config check (pipelines/validate.py and the method's own), before anything runs: one UserError listing
+    every problem."""
+    if cfg.method.name not in METHODS:
+        raise UserError(f"method '{cfg.method.name}' has no trainer (available: {sorted(METHODS)})")
     unknown = [s for s in cfg.pipeline if s not in STAGES]
     if unknown:
         raise UserError(f"pipeline: unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    if cfg.method.name not in METHODS:
-        raise UserError(f"method '{cfg.method.name}' has no trainer (available: {sorted(METHODS)})")
+    validate(cfg, METHODS[cfg.method.name])
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, str]:
+    """Check, then run every stage of cfg.pipeline. Returns the stage hashes."""
+    check(cfg)
     torch.set_num_threads(cfg.threads)
     set_attn_implementation(cfg.model.get("attn_implementation"))
-    vllm_sampling.configure(cfg)  # resolves task.generation.backend=auto before any stage hash is taken
+    vllm_engine.configure(cfg)  # resolves task.generation.backend=auto before any stage hash is taken
     distributed.group()  # under a multi-process launch: open the process group before any Trainer does
     hashes: dict[str, str] = {}
     for name in cfg.pipeline:

@@ -30,8 +30,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.common import UserError, atomic_write_text
-from pipelines.stages import Stage, config_hash, read_done
+from pipelines.infra.bookkeeping import Stage, config_hash, read_done
+from pipelines.infra.io import UserError, atomic_write_text
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Small files worth keeping: what the analysis reads, never weights, samples or judge transcripts.
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def sweep(args) -> None:
-    from pipelines.run import METHODS
-    from pipelines.validate import validate
+    from pipelines.run import METHODS, check
 
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -207,7 +206,7 @@ def sweep(args) -> None:
             for setting in grid(args.experiment, method, args.overrides):
                 overrides = [*base, f"method={method}", f"seed={seed}", *setting]
                 cfg = compose_cfg(overrides)
-                validate(cfg)
+                check(cfg)
                 jobs.append(Job(seed, method, overrides, cfg))
     first = jobs[0].cfg
     restored = restore(first)

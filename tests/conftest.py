@@ -111,7 +111,7 @@ def write_hh_files(folder: Path, n_train: int = 80, n_test: int = 30, seed: int 
     def row(i):
         t, other = topics[i % len(topics)], topics[(i + 2) % len(topics)]
         ask = f"how do I fix my {rng.choice(TOPICS[t].split())} and {rng.choice(FILLER)}?"
-        history = f"\n\nHuman: hello there\n\nAssistant: hi, how can I help?" if i % 3 == 0 else ""
+        history = "\n\nHuman: hello there\n\nAssistant: hi, how can I help?" if i % 3 == 0 else ""
         start = f"{history}\n\nHuman: {ask}\n\nAssistant:"
         return {"chosen": f"{start} check the {TOPICS[t].split()[1]} first", "rejected": f"{start} ask about "
                                                                                         f"{TOPICS[other].split()[1]}"}

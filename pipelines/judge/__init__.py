@@ -4,13 +4,40 @@
     report = run_judgments(judge, load_template("summarization_c"), comparisons, seed=0, cache_dir=...)
     rate, se, n, n_invalid = win_rate(report.primary)
 """
-from pipelines.judge.backends import (Answer, Judge, JudgeRequest, LocalLMJudge, OpenAIJudge, OracleJudge,
-                                      PermanentJudgeError, TransientJudgeError, build_judge, fetch_smollm2,
-                                      fetch_wheel_model, run_options)
-from pipelines.judge.prompt import (VERDICT_PREFIX, builtin_templates, check_template, load_template,
-                                    parse_verdict, render, verdict_line)
-from pipelines.judge.runner import (Comparison, Judgment, JudgeReport, JudgeStopped, cache_key, cache_path,
-                                    display_swapped, run_judgments, win_rate)
+from pipelines.judge.backends import (
+                                      Answer,
+                                      Judge,
+                                      JudgeRequest,
+                                      LocalLMJudge,
+                                      OpenAIJudge,
+                                      OracleJudge,
+                                      PermanentJudgeError,
+                                      TransientJudgeError,
+                                      build_judge,
+                                      fetch_smollm2,
+                                      fetch_wheel_model,
+                                      run_options,
+)
+from pipelines.judge.prompt import (
+                                      VERDICT_PREFIX,
+                                      builtin_templates,
+                                      check_template,
+                                      load_template,
+                                      parse_verdict,
+                                      render,
+                                      verdict_line,
+)
+from pipelines.judge.runner import (
+                                      Comparison,
+                                      JudgeReport,
+                                      JudgeStopped,
+                                      Judgment,
+                                      cache_key,
+                                      cache_path,
+                                      display_swapped,
+                                      run_judgments,
+                                      win_rate,
+)
 
 __all__ = ["Answer", "Comparison", "Judge", "JudgeReport", "JudgeRequest", "JudgeStopped", "Judgment",
            "LocalLMJudge", "OpenAIJudge", "OracleJudge", "PermanentJudgeError", "TransientJudgeError",

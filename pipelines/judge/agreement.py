@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipelines.common import UserError, atomic_write_json, hub_hint
+from pipelines.infra.io import UserError, atomic_write_json, hub_hint
 from pipelines.judge.backends import build_judge, run_options
 from pipelines.judge.prompt import load_template
 from pipelines.judge.runner import Comparison, JudgeReport, run_judgments
@@ -48,7 +48,7 @@ def load_comparisons(data: str, split: str, n: int | None) -> list[Comparison]:
     except UserError:
         raise
     except Exception as err:  # a Hub id offline, a broken file: one clear message
-        raise hub_hint(data, err) if not path.suffix else UserError(f"--data {data}: cannot read it ({err})")
+        raise (hub_hint(data, err) if not path.suffix else UserError(f"--data {data}: cannot read it ({err})")) from err
     missing = [c for c in COLUMNS if c not in ds.column_names]
     if missing:
         raise UserError(f"--data {data}: needs columns {COLUMNS}, missing {missing} (has {ds.column_names})")

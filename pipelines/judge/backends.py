@@ -31,7 +31,8 @@ from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from pipelines.common import UserError, pick_device
+from pipelines.infra.device import pick_device
+from pipelines.infra.io import UserError
 from pipelines.judge.prompt import VERDICT_PREFIX, verdict_line
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import re
 import string
 from pathlib import Path
 
-from pipelines.common import UserError
+from pipelines.infra.io import UserError
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 FIELDS = frozenset({"prompt", "first", "second"})

@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipelines.common import atomic_write_json
+from pipelines.infra.io import atomic_write_json
 from pipelines.judge.backends import Answer, Judge, JudgeRequest, PermanentJudgeError, TransientJudgeError
 from pipelines.judge.prompt import check_template, parse_verdict, render
 

@@ -7,8 +7,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from pipelines.common import UserError
-from pipelines.validate import validate
+from pipelines.infra.io import UserError
+from pipelines.run import check as validate
 from tests.conftest import CONF, compose_cfg
 
 
@@ -73,7 +73,7 @@ def test_ppo_gt_differs_from_ppo_only_in_its_reward():
         gt = OmegaConf.to_container(compose_cfg([f"experiment={experiment}", "method=ppo_gt"]).method, resolve=True)
         # and where PPO's value model starts from r_phi, which PPO-GT does not have
         differ = {k for k in ppo if ppo[k] != gt[k]}
-        assert differ - {"value_init"} == {"name", "tag", "reward"}, experiment
+        assert differ - {"value_init", "display"} == {"name", "tag", "reward"}, experiment
         assert "value_init" not in differ or gt["value_init"] == "sft", experiment
 
 

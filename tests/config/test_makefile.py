@@ -71,7 +71,8 @@ def test_summarization_and_dialogue_targets_use_their_own_stages_and_methods():
 
 
 def test_seeds_target_runs_the_resumable_sweep_headline_methods_first_then_the_analysis():
-    lines = " ".join(plan("reproduce-sentiment-seeds", "JOBS=2", "NPROC=2")).replace("\\ ", "").split(".venv/bin/python")
+    plan_text = " ".join(plan("reproduce-sentiment-seeds", "JOBS=2", "NPROC=2"))
+    lines = plan_text.replace("\\ ", "").split(".venv/bin/python")
     sweeps = [x for x in lines if "pipelines.sweep" in x]
     assert len(sweeps) == 2
     assert "--seeds 0-9 --methods dpo ppo ppo_gt" in sweeps[0] and "--jobs 2 --threads 2" in sweeps[0]

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from pipelines.data import read_embedded
+from pipelines.tasks.data import read_embedded
 
 
 @pytest.mark.network

@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from pipelines.best_of_n import analytic_kl
+from baselines.best_of_n import analytic_kl
 from tests.conftest import ROOT
 
 OTHER_METHODS = ("ipo", "cdpo", "preferred_ft", "unlikelihood", "bon", "rloo", "rloo_gt")
@@ -74,7 +74,8 @@ def test_frontier_is_written_and_sane(smoke_run):
 def test_every_stage_records_its_cost_and_the_pipelines_are_compared(smoke_run):
     import json
 
-    done = {p.parent.relative_to(smoke_run["tmp"] / "runs" / "sentiment" / "smoke").as_posix(): json.loads(p.read_text())
+    run_root = smoke_run["tmp"] / "runs" / "sentiment" / "smoke"
+    done = {p.parent.relative_to(run_root).as_posix(): json.loads(p.read_text())
             for p in (smoke_run["tmp"] / "runs").glob("**/done.json")}
     assert all({"wall_s", "flops_est", "peak_host_mem_mb", "train_tokens"} <= set(d["cost"]) for d in done.values())
     sft, pairs = done["shared/sft"]["cost"], done["shared/pairs"]["cost"]

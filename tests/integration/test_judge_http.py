@@ -19,8 +19,8 @@ from typing import Callable
 
 import pytest
 
-from pipelines.common import UserError
-from pipelines.judge import (Comparison, JudgeStopped, OpenAIJudge, load_template, run_judgments, win_rate)
+from pipelines.infra.io import UserError
+from pipelines.judge import Comparison, JudgeStopped, OpenAIJudge, load_template, run_judgments, win_rate
 
 KEY_ENV = "RVD_TEST_JUDGE_KEY"
 TEMPLATE = load_template("sentiment")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForSequenceClassification
 
-from pipelines.common import UserError
-from pipelines.models import train_tokenizer
-from pipelines.reward import HFClassifierReward
+from pipelines.infra.io import UserError
+from pipelines.lm.models import train_tokenizer
 from pipelines.run import run_pipeline
-from tests.conftest import compose_cfg, review_rows, write_reviews
+from pipelines.tasks.gold_reward import HFClassifierReward
+from tests.conftest import compose_cfg, review_rows
 
 
 @pytest.fixture(scope="module")

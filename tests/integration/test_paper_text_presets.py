@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig,
-                          GPTNeoXForCausalLM)
+from transformers import GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from pipelines.models import train_tokenizer
+from pipelines.lm.models import train_tokenizer
 from pipelines.run import run_pipeline
 from tests.conftest import compose_cfg, write_hh_files, write_tldr_files
 
@@ -108,7 +107,7 @@ def test_dialogue_paper_preset_on_a_tiny_neox_with_a_two_shot_base(stand_ins, tm
 
 
 def test_base_method_needs_a_pretrained_model():
-    from pipelines.common import UserError
-    from pipelines.validate import validate
+    from pipelines.infra.io import UserError
+    from pipelines.run import check as validate
     with pytest.raises(UserError, match="method=base prompts the pretrained base model"):
         validate(compose_cfg(["experiment=summarization_embedded", "method=base"]))

@@ -12,9 +12,10 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from baselines import ppo as ppo_stage
 from baselines.ppo import PPO, ValueModel
-from baselines.reward_model import RewardModelScorer, held_out
-from pipelines.common import UserError, read_jsonl
+from pipelines.infra.io import UserError, read_jsonl
+from pipelines.lm.scorers import RewardModelScorer
 from pipelines.run import run_pipeline
+from pipelines.stages.reward_model import held_out
 
 TRL_KEYS = ("objective/kl", "objective/scores", "objective/entropy", "policy/clipfrac", "policy/approxkl",
             "loss/policy", "loss/value", "val/clipfrac")

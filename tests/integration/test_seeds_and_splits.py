@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from baselines.reward_model import accuracy_interval, pair_datasets
 from pipelines import sweep
-from pipelines.common import read_jsonl
-from pipelines.evaluate import eval_prompts
-from pipelines.models import load_tokenizer
+from pipelines.infra.bookkeeping import read_done
+from pipelines.infra.io import read_jsonl
+from pipelines.lm.models import load_tokenizer
 from pipelines.run import STAGES, run_pipeline
-from pipelines.stages import read_done
+from pipelines.stages.reward_model import accuracy_interval, pair_datasets
+from pipelines.tasks.prefixes import eval_prompts
 
 
 def test_a_seed_retrains_its_pipeline_and_keeps_the_environment(smoke_cfg):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import sft as sft_stage
-from pipelines.common import UserError
+from pipelines.infra.io import UserError
 from pipelines.run import run_pipeline
+from pipelines.stages import sft as sft_stage
 from tests.conftest import write_reviews
 
 SHARED = ["data", "tokenizer", "sft"]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.frontier import (interpolate_front, main, plot_frontier, plot_runs, reading, seed_table, verdict)
+from analysis.frontier import interpolate_front, main, plot_frontier, plot_runs, reading, seed_table, verdict
 
 COLS = ["method", "param", "seed", "shared_seed", "step", "kl", "reward", "reward_se", "val_kl", "val_reward"]
 
@@ -105,7 +105,8 @@ def test_reading_flags_completions_that_collapsed_in_length():
     df["mean_length"], df["eos_rate"] = 40.0, 0.1
     short = rows(("ppo_gt", 4.0, 0, 20, 5.0, 0.52)).assign(mean_length=8.0, eos_rate=1.0)
     text = "\n".join(reading(pd.concat([df, short], ignore_index=True)))
-    assert "final mean completion length 8.0-8.0 tokens (SFT 40.0), EOS rate 1.00-1.00 — **completions collapsed" in text
+    assert ("final mean completion length 8.0-8.0 tokens (SFT 40.0), EOS rate 1.00-1.00 — **completions collapsed"
+            in text)
     assert text.count("collapsed") == 1
     assert "## Verdict" in text and "**DPO vs PPO** (10 paired seeds" in text
 

@@ -8,8 +8,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from analysis import cost as cost_analysis
-from pipelines import cost
-from pipelines.sampling import sample_completions
+from pipelines.infra import cost_meter
+from pipelines.lm.sampling import sample_completions
 
 
 def tiny_model():
@@ -22,15 +22,15 @@ def tiny_model():
 def test_flop_params_count_tied_embeddings_once_and_skip_positions():
     model = tiny_model()
     total_unique = sum(p.numel() for p in model.parameters())  # parameters() already yields tied tensors once
-    assert cost.flop_params(model) == total_unique - 32 * 8  # without the position table (n_positions x n_embd)
+    assert cost_meter.flop_params(model) == total_unique - 32 * 8  # without the position table (n_positions x n_embd)
 
 
 def test_meter_counts_training_and_forward_passes():
-    model = cost.meter(tiny_model())
-    assert cost.meter(model) is model  # idempotent: one hook, not two
-    n = cost.flop_params(model)
+    model = cost_meter.meter(tiny_model())
+    assert cost_meter.meter(model) is model  # idempotent: one hook, not two
+    n = cost_meter.flop_params(model)
     ids = torch.randint(1, 50, (3, 7))
-    with cost.track() as c:
+    with cost_meter.track() as c:
         model(input_ids=ids).logits.sum().backward()  # a training pass: 21 token positions
         with torch.no_grad():
             model(input_ids=ids[:2])  # a forward pass: 14
@@ -42,15 +42,15 @@ def test_meter_counts_training_and_forward_passes():
 
 
 def test_frozen_model_counts_as_forward_even_with_grad_enabled():
-    model = cost.meter(tiny_model()).requires_grad_(False)
-    with cost.track() as c:
+    model = cost_meter.meter(tiny_model()).requires_grad_(False)
+    with cost_meter.track() as c:
         model(input_ids=torch.randint(1, 50, (2, 5)))
     assert (c.train_tokens, c.forward_tokens) == (0, 10)
 
 
 def test_sampling_counts_generated_tokens_and_every_decoding_step():
-    model = cost.meter(tiny_model())
-    with cost.track() as c:
+    model = cost_meter.meter(tiny_model())
+    with cost_meter.track() as c:
         out = sample_completions(model, [[1, 2, 3], [4, 5, 6]], max_new_tokens=4, eos_id=0, pad_id=0, batch_size=2,
                                  seed=0)
     assert c.generated_tokens == sum(len(o) for o in out) > 0

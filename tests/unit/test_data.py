@@ -1,17 +1,16 @@
 """Data sources, validation of bad input, the deterministic split and where prompts come from."""
 import csv
 import io
-import json
 import lzma
 import tarfile
 
 import pandas as pd
 import pytest
 
-from pipelines import data
-from pipelines.common import UserError
-from pipelines.models import train_tokenizer
-from pipelines.prompts import make_prefixes
+from pipelines.infra.io import UserError
+from pipelines.lm.models import train_tokenizer
+from pipelines.tasks import data
+from pipelines.tasks.prefixes import make_prefixes
 from tests.conftest import review_rows, write_reviews
 
 

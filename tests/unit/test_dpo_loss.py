@@ -11,8 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from trl import DPOConfig
 
 from pipelines.dpo import SampledTokenDPOTrainer
-from pipelines.models import train_tokenizer
-from pipelines.sampling import sequence_logprobs
+from pipelines.lm.models import train_tokenizer
+from pipelines.lm.sampling import sequence_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,33 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipelines.common import UserError
-from pipelines.judge import (Answer, Comparison, Judge, JudgeRequest, JudgeStopped, Judgment, LocalLMJudge, OpenAIJudge,
-                             OracleJudge, TransientJudgeError, build_judge, builtin_templates, cache_key, cache_path,
-                             check_template, display_swapped, load_template, parse_verdict, render, run_judgments,
-                             run_options, verdict_line, win_rate)
-from pipelines.models import train_tokenizer
+from pipelines.infra.io import UserError
+from pipelines.judge import (
+    Answer,
+    Comparison,
+    Judge,
+    JudgeRequest,
+    JudgeStopped,
+    Judgment,
+    LocalLMJudge,
+    OpenAIJudge,
+    OracleJudge,
+    TransientJudgeError,
+    build_judge,
+    builtin_templates,
+    cache_key,
+    cache_path,
+    check_template,
+    display_swapped,
+    load_template,
+    parse_verdict,
+    render,
+    run_judgments,
+    run_options,
+    verdict_line,
+    win_rate,
+)
+from pipelines.lm.models import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template("sentiment")

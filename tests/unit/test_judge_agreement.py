@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipelines.judge import Comparison, OracleJudge, load_template, run_judgments
 from pipelines.judge.agreement import agreement_summary, main
-from pipelines.models import train_tokenizer
+from pipelines.lm.models import train_tokenizer
 
 
 def great_count(texts):

@@ -3,13 +3,13 @@ and the sampler against the model's own distribution (no top-k truncation)."""
 import itertools
 import math
 
+import evaluate as hf_evaluate
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import evaluate as hf_evaluate
-from pipelines.evaluate import METRIC_DIR
-from pipelines.sampling import completion_token_logprobs, full_distribution_config, sample_completions
+from pipelines.lm.sampling import completion_token_logprobs, full_distribution_config, sample_completions
+from pipelines.stages.evaluate import METRIC_DIR
 
 EOS = 0
 

@@ -10,8 +10,8 @@ from trl import DPOConfig, SFTConfig, SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from pipelines.dpo import SampledTokenDPOTrainer
-from pipelines.lm_head import ALL_OUTPUTS, apply_to_trainer, use_dense_logits
-from pipelines.models import train_tokenizer
+from pipelines.lm.lm_head import ALL_OUTPUTS, apply_to_trainer, use_dense_logits
+from pipelines.lm.models import train_tokenizer
 
 VOCAB = 61
 
@@ -170,7 +170,7 @@ def test_dpo_and_sft_train_the_same_with_dense_logits(tmp_path):
 
 
 def test_entropy_is_exact_and_stays_fp32_under_autocast():
-    from pipelines.lm_head import entropy
+    from pipelines.lm.lm_head import entropy
 
     log_p = torch.log_softmax(torch.randn(4, 7, 300, generator=torch.Generator().manual_seed(0)) * 3, -1)
     expected = -(log_p.exp() * log_p).sum(-1)
@@ -183,7 +183,7 @@ def test_entropy_is_exact_and_stays_fp32_under_autocast():
 def test_dense_path_scores_a_left_padded_batch_as_the_unpadded_sequences():
     """Without position ids, GPT-2 would number a left-padded row's positions from its first pad column; the dense
     forward takes them from the attention mask (as generate does), so padding does not change a log-prob."""
-    from pipelines.lm_head import use_mask_positions
+    from pipelines.lm.lm_head import use_mask_positions
 
     rows = [[3, 9, 14, 8, 15, 3, 19], [7, 3, 11, 20, 8, 6, 22, 6, 9, 2], [12, 4, 17, 4, 4, 18]]
     completion = 3  # the last 3 tokens of each row are scored

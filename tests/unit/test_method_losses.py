@@ -11,12 +11,13 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 from trl import DPOConfig, SFTConfig, SFTTrainer
 
+from baselines.best_of_n import analytic_kl, select_best
+from baselines.preferred_ft import IGNORE, completion_labels
 from baselines.rloo import make_reward_func
-from pipelines.best_of_n import analytic_kl, select_best
 from pipelines.dpo import SampledTokenDPOTrainer, loss_options
-from pipelines.likelihood import IGNORE, completion_labels, unlikelihood_loss
-from pipelines.models import train_tokenizer
-from pipelines.sampling import sequence_logprobs
+from pipelines.lm.models import train_tokenizer
+from pipelines.lm.sampling import sequence_logprobs
+from pipelines.numerics.losses import unlikelihood_loss
 
 EXAMPLE = {"prompt_ids": [5, 6, 11], "chosen_ids": [7, 8, 0], "rejected_ids": [9, 12]}
 
@@ -96,7 +97,7 @@ def test_unlikelihood_trainer_loss_equals_the_loss_on_full_logits(tiny):
     # The trainer scores only the completion positions (pipelines/lm_head.py); same loss as on (B, T, V) logits.
     from transformers import TrainingArguments
 
-    from pipelines.likelihood import UnlikelihoodTrainer
+    from baselines.unlikelihood import UnlikelihoodTrainer
     tok, _, _, tmp = tiny
     torch.manual_seed(1)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
@@ -164,7 +165,7 @@ def test_likelihood_methods_train_without_dropout_as_dpo(tiny, monkeypatch, meth
     family's (DPOConfig.disable_dropout): two forward passes in train mode agree."""
     import json
 
-    from pipelines import likelihood
+    from baselines import preferred_ft, unlikelihood
     from tests.conftest import compose_cfg
 
     tok, _, _, tmp = tiny
@@ -183,8 +184,9 @@ def test_likelihood_methods_train_without_dropout_as_dpo(tiny, monkeypatch, meth
     def fake_train_and_save(trainer, tokenizer, out_dir):
         seen["model"] = trainer.model
         return {}
-    monkeypatch.setattr(likelihood, "train_and_save", fake_train_and_save)
-    getattr(likelihood, f"run_{method}")(cfg, root / "out")
+    module = preferred_ft if method == "preferred_ft" else unlikelihood
+    monkeypatch.setattr(module, "train_and_save", fake_train_and_save)
+    getattr(module, f"run_{method}")(cfg, root / "out")
     model = seen["model"]
     dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(p == 0 for p in dropouts)

@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from trl import RLOOConfig, RLOOTrainer
 
 from baselines.rloo import make_trainer
-from pipelines.models import load_policy, train_tokenizer
+from pipelines.lm.models import load_policy, train_tokenizer
 
 PROMPTS = [[5, 9, 14], [7, 3, 11, 20, 8, 6], [12, 4, 17, 9, 21, 5, 13, 10, 2]]
 COMPLETIONS = [[8, 15, 3, 19], [22, 6, 9], [4, 4, 18, 7]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from baselines import ppo_math as pm
+from pipelines.numerics import ppo_math as pm
 
 EMBEDDED_PPO = Path(__file__).resolve().parents[2] / "conf" / "method_preset" / "sentiment_embedded" / "ppo.yaml"
 

@@ -5,8 +5,9 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from baselines.ppo import PPO, ValueModel
-from pipelines import common
-from pipelines.common import UserError, trainer_precision, use_bf16
+from pipelines.infra import device
+from pipelines.infra.device import trainer_precision, use_bf16
+from pipelines.infra.io import UserError
 from tests.conftest import ROOT
 
 
@@ -17,7 +18,7 @@ def no_cuda(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_cpu_only_where_the_cpu_has_it(no_cuda, monkeypatch, native):
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
     assert use_bf16("bf16") is native
     assert use_bf16("fp32") is False
     # transformers refuses bf16 without a GPU unless told it trains on the CPU
@@ -38,7 +39,7 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
         monkeypatch.setattr(pathlib.Path, "read_text",
                             lambda self, *a, f=flags, **k: f"flags\t: {f}\n" if str(self) == "/proc/cpuinfo"
                             else real(self, *a, **k))
-        assert common.cpu_has_native_bf16() is expected
+        assert device.cpu_has_native_bf16() is expected
 
 
 def _ppo(bf16: bool, lr: float) -> PPO:

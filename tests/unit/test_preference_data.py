@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipelines import preference_data as pd_
-from pipelines.common import UserError
+from pipelines.infra.io import UserError
+from pipelines.tasks import preference_data as pd_
 
 
 def jsonl(path, rows):

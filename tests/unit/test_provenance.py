@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipelines import common, stages
-from pipelines.common import environment, versions
-from pipelines.stages import Stage, config_hash, run_stage
+from pipelines.infra import bookkeeping, provenance
+from pipelines.infra.bookkeeping import Stage, config_hash, run_stage
+from pipelines.infra.provenance import environment, versions
 
 OLD_VERSION_KEYS = {"python", "torch", "transformers", "trl", "datasets"}
 
@@ -21,7 +21,7 @@ def test_environment_has_its_keys_and_is_json():
     assert {"version", "cuda", "mkldnn", "mkl", "onednn_version", "mkl_version", "cpu_capability", "num_threads",
             "num_interop_threads"} <= set(env["torch"])
     assert isinstance(env["cpu"]["model"], str) and env["cpu"]["model"]
-    assert env["cpu"]["simd"] == sorted(env["cpu"]["simd"]) and set(env["cpu"]["simd"]) <= common.SIMD_FLAGS
+    assert env["cpu"]["simd"] == sorted(env["cpu"]["simd"]) and set(env["cpu"]["simd"]) <= provenance.SIMD_FLAGS
     assert env["cpu"]["logical_cpus"] >= 1
     assert env["torch"]["version"] == torch.__version__
     assert isinstance(env["torch"]["mkldnn"], bool) and isinstance(env["torch"]["mkl"], bool)
@@ -38,7 +38,7 @@ def test_environment_reads_the_cpu_flags_of_proc_cpuinfo():
     except OSError:
         pytest.skip("no /proc/cpuinfo")
     simd = set(environment()["cpu"]["simd"])
-    assert simd == flags & common.SIMD_FLAGS
+    assert simd == flags & provenance.SIMD_FLAGS
 
 
 def test_environment_holds_no_hostname():
@@ -118,8 +118,8 @@ def test_stage_hash_does_not_depend_on_the_environment(tmp_path, monkeypatch):
     other = {"platform": "Other-OS", "machine": "arm64", "cpu": {"model": "another CPU", "simd": ["neon"]},
              "torch": {"version": "0.0", "num_threads": 64}, "gpu": {"count": 8, "names": ["X"] * 8},
              "versions": {"torch": "0.0"}}
-    monkeypatch.setattr(stages, "environment", lambda: other)
-    monkeypatch.setattr(common, "environment", lambda: other)
+    monkeypatch.setattr(bookkeeping, "environment", lambda: other)
+    monkeypatch.setattr(provenance, "environment", lambda: other)
     # The finished stage is skipped on the "other machine": same hash, marker untouched.
     assert run_stage(cfg, stage_set, "tiny") == first
     assert (tmp_path / "tiny" / "done.json").read_text() == marker

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from baselines import ppo_math as pm
-from pipelines import distributed
+from pipelines.infra import distributed
+from pipelines.numerics import ppo_math as pm
 
 
 def _free_port() -> int:

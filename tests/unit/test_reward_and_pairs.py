@@ -1,8 +1,8 @@
 """r*: saved without pickle, not bought by filler or length; pairs: ranking, ties."""
 import pytest
 
-from pipelines.pairs import rank_pairs
-from pipelines.reward import TfidfLogReg, accuracy, features
+from pipelines.stages.pairs import rank_pairs
+from pipelines.tasks.gold_reward import TfidfLogReg, accuracy, features
 from tests.conftest import review_rows
 
 

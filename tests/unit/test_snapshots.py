@@ -2,7 +2,7 @@
 by the main process; sharded weights (FSDP, ZeRO-3) are gathered through the Trainer, which every process calls."""
 from types import SimpleNamespace
 
-from pipelines.dpo import SnapshotPolicy
+from pipelines.lm.trainer import SnapshotPolicy
 
 
 def _callback(tmp_path, saved):

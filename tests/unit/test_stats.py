@@ -8,8 +8,19 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from analysis.stats import (RELATIONS, _resample_relations, bootstrap_stability, compare_methods, first_own_kl,
-                            front_curve, holm, last_kl, paired_comparison, validation_front, verdict_sentence)
+from analysis.stats import (
+    RELATIONS,
+    _resample_relations,
+    bootstrap_stability,
+    compare_methods,
+    first_own_kl,
+    front_curve,
+    holm,
+    last_kl,
+    paired_comparison,
+    validation_front,
+    verdict_sentence,
+)
 
 BUDGETS = (0.5, 1, 2, 4, 8)
 

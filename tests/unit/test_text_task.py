@@ -7,10 +7,10 @@ import lzma
 import pytest
 from omegaconf import OmegaConf
 
-from pipelines import embedded_text as et
-from pipelines import relevance, text_task
-from pipelines.common import UserError
-from pipelines.models import train_tokenizer
+from pipelines.infra.io import UserError
+from pipelines.lm.models import train_tokenizer
+from pipelines.tasks import embedded_text as et
+from pipelines.tasks import prompt_response, relevance
 
 TRANSLATION = """Package: alpha-tool
 Description-md5: 0123
@@ -128,16 +128,16 @@ def tokenizer():
 
 
 def test_answers_end_in_eos_unless_cut(tokenizer):
-    ids = text_task.encode_completion(tokenizer, " cats and dogs", max_tokens=100)
+    ids = prompt_response.encode_completion(tokenizer, " cats and dogs", max_tokens=100)
     assert ids[-1] == tokenizer.eos_token_id and tokenizer.decode(ids[:-1]) == " cats and dogs"
-    cut = text_task.encode_completion(tokenizer, " cats and dogs", max_tokens=2)
+    cut = prompt_response.encode_completion(tokenizer, " cats and dogs", max_tokens=2)
     assert len(cut) == 2 and cut[-1] != tokenizer.eos_token_id
 
 
 def test_judge_prompt_drops_the_trailing_marker():
-    assert text_task.judge_prompt("POST: my rice burns\nTL;DR:") == "POST: my rice burns"
-    assert text_task.judge_prompt("\n\nHuman: hi\n\nAssistant:") == "Human: hi"
-    assert text_task.judge_prompt("plain") == "plain"
+    assert prompt_response.judge_prompt("POST: my rice burns\nTL;DR:") == "POST: my rice burns"
+    assert prompt_response.judge_prompt("\n\nHuman: hi\n\nAssistant:") == "Human: hi"
+    assert prompt_response.judge_prompt("plain") == "plain"
 
 
 def _cfg(tmp_path, **task):
@@ -150,16 +150,16 @@ def test_eval_rows_skip_long_prompts_and_refuse_too_few(tmp_path, tokenizer):
     rows = [{"prompt": "cats " * k, "reference": f" r{k}"} for k in (2, 30, 3, 4)]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = _cfg(tmp_path)
-    got = text_task.eval_rows(cfg, tokenizer, 3)
+    got = prompt_response.eval_rows(cfg, tokenizer, 3)
     assert [r["reference"] for r in got] == [" r2", " r3", " r4"] and all(len(r["prompt_ids"]) <= 8 for r in got)
     with pytest.raises(UserError, match="asked for 4 test prompts but only 3"):
-        text_task.eval_rows(cfg, tokenizer, 4)
+        prompt_response.eval_rows(cfg, tokenizer, 4)
     with pytest.raises(UserError, match="no ood split"):
-        text_task.eval_rows(cfg, tokenizer, 1, "ood")
+        prompt_response.eval_rows(cfg, tokenizer, 1, "ood")
 
 
 def test_best_of_n_selects_per_temperature(tmp_path):
-    from pipelines import best_of_n
+    from baselines import best_of_n
     cfg = _cfg(tmp_path, winrate={"temperatures": [0.0, 0.5, 1.0]}, generation={"temperature": 1.0})
     assert best_of_n.sampling_temperatures(cfg) == [0.5, 1.0]
     for t, best in ((0.5, 2), (1.0, 0)):

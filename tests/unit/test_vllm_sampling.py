@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipelines import vllm_sampling
-from pipelines.common import UserError
-from pipelines.sampling import batch_seed, sample_completions
+from pipelines.infra.io import UserError
+from pipelines.lm import vllm_engine
+from pipelines.lm.sampling import batch_seed, sample_completions
 
 
 @dataclass
@@ -57,46 +57,46 @@ def fake_vllm(monkeypatch):
     inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
-    monkeypatch.setattr(vllm_sampling.importlib.util, "find_spec",
+    monkeypatch.setattr(vllm_engine.importlib.util, "find_spec",
                         lambda name, *a: module.__spec__ if name == "vllm" else None)
-    monkeypatch.setattr(vllm_sampling, "_STATE", {"backend": "hf", "gpu_memory_utilization": 0.3, "engine": None})
+    monkeypatch.setattr(vllm_engine, "_STATE", {"backend": "hf", "gpu_memory_utilization": 0.3, "engine": None})
     FakeLLM.instances.clear()
     return module
 
 
 def test_hf_everywhere_and_auto_is_hf_without_vllm():
-    assert vllm_sampling.resolve_backend("hf") == "hf"
-    if not vllm_sampling.vllm_available():
-        assert vllm_sampling.resolve_backend("auto") == "hf"
+    assert vllm_engine.resolve_backend("hf") == "hf"
+    if not vllm_engine.vllm_available():
+        assert vllm_engine.resolve_backend("auto") == "hf"
     with pytest.raises(UserError, match="backend must be one of"):
-        vllm_sampling.resolve_backend("sglang")
+        vllm_engine.resolve_backend("sglang")
 
 
 def test_vllm_without_the_package_or_a_gpu_is_a_clear_error(monkeypatch, fake_vllm):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="needs a CUDA GPU"):
-        vllm_sampling.resolve_backend("vllm")
-    assert vllm_sampling.resolve_backend("auto") == "hf"
-    monkeypatch.setattr(vllm_sampling.importlib.util, "find_spec", lambda name, *a: None)
+        vllm_engine.resolve_backend("vllm")
+    assert vllm_engine.resolve_backend("auto") == "hf"
+    monkeypatch.setattr(vllm_engine.importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(UserError, match="pip install vllm"):
-        vllm_sampling.resolve_backend("vllm")
+        vllm_engine.resolve_backend("vllm")
 
 
 def test_auto_is_resolved_into_the_config_before_stage_hashes(monkeypatch, fake_vllm):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = OmegaConf.create({"task": {"generation": {"backend": "auto"}}, "vllm_gpu_memory_utilization": 0.25})
     OmegaConf.set_struct(cfg, True)
-    assert vllm_sampling.configure(cfg) == "vllm"
-    assert cfg.task.generation.backend == "vllm" and vllm_sampling.active()
-    assert vllm_sampling.gpu_memory_utilization() == 0.25
+    assert vllm_engine.configure(cfg) == "vllm"
+    assert cfg.task.generation.backend == "vllm" and vllm_engine.active()
+    assert vllm_engine.gpu_memory_utilization() == 0.25
 
 
 def test_sampling_through_vllm_pushes_weights_and_keeps_the_project_conventions(tmp_path, monkeypatch, fake_vllm):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    vllm_sampling.configure(OmegaConf.create({"task": {"generation": {"backend": "vllm"}}}))
+    vllm_engine.configure(OmegaConf.create({"task": {"generation": {"backend": "vllm"}}}))
     config = GPT2Config(vocab_size=32, n_positions=24, n_embd=16, n_layer=1, n_head=2, eos_token_id=0)
     GPT2LMHeadModel(config).save_pretrained(tmp_path)
-    from pipelines.models import load_policy
+    from pipelines.lm.models import load_policy
 
     policy = load_policy(tmp_path)
     prompts = [[2, 3], [3, 4], [4, 5]]
@@ -123,7 +123,7 @@ def test_sampling_through_vllm_pushes_weights_and_keeps_the_project_conventions(
 
 def test_a_policy_built_in_memory_cannot_seed_an_engine(monkeypatch, fake_vllm):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    vllm_sampling.configure(OmegaConf.create({"task": {"generation": {"backend": "vllm"}}}))
+    vllm_engine.configure(OmegaConf.create({"task": {"generation": {"backend": "vllm"}}}))
     policy = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=24, n_embd=16, n_layer=1, n_head=2))
     with pytest.raises(UserError, match="loaded from a folder"):
         sample_completions(policy, [[1]], max_new_tokens=2, eos_id=0, pad_id=0, batch_size=1, seed=0)

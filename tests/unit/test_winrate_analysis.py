@@ -12,7 +12,8 @@ def table():
     rows = []
     # DPO beta 0.1 at three seeds, T = 0 and 1; beta 1.0 one seed. PPO one seed. Best-of-N at T = 1 only.
     for seed, (w0, w1) in enumerate([(0.60, 0.50), (0.70, 0.60), (0.80, 0.70)]):
-        rows += [("oracle", "dpo", 0.1, seed, 0.0, w0, 0.05, 100, 0), ("oracle", "dpo", 0.1, seed, 1.0, w1, 0.05, 100, 1)]
+        rows += [("oracle", "dpo", 0.1, seed, 0.0, w0, 0.05, 100, 0),
+                 ("oracle", "dpo", 0.1, seed, 1.0, w1, 0.05, 100, 1)]
     rows += [("oracle", "dpo", 1.0, 0, 0.0, 0.55, 0.05, 100, 0), ("oracle", "dpo", 1.0, 0, 1.0, 0.52, 0.05, 100, 0),
              ("oracle", "ppo", 4.0, 0, 0.0, 0.40, 0.049, 100, 2), ("oracle", "ppo", 4.0, 0, 1.0, 0.45, 0.05, 98, 2),
              ("oracle", "bon", 128.0, 0, 1.0, 0.66, 0.047, 100, 0)]

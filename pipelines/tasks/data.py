@@ -17,12 +17,9 @@ import lzma
 import random
 import re
 import tarfile
-from collections import Counter
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from pipelines.common import UserError, download, hub_hint, read_jsonl, write_jsonl
+from pipelines.infra.io import UserError, download, hub_hint, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -210,40 +207,6 @@ def split_validation(held_out: list[dict], fraction: float, seed: int) -> tuple[
         validation += group[:n_val]
         test += group[n_val:]
     return validation, test
-
-
-def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from pipelines import text_task
-    if text_task.is_text_task(cfg):  # summarization, dialogue: prompts, answers and pairs from the data
-        return text_task.run_data(cfg, out_dir)
-    d = cfg.task.data
-    if d.source == "embedded":
-        train, test = split_docs(read_embedded(cfg.paths.cache, list(d.embedded_corpora)), d.test_fraction,
-                                 cfg.data_seed, d.max_docs)
-    elif d.source == "local":
-        train, test = split_docs(read_local(d.local_files), d.test_fraction, cfg.data_seed, d.max_docs)
-    elif d.source == "hf":
-        splits = read_hf(d.hf_id)
-        if "test" in splits:  # keep the dataset's own split (IMDb: 25k/25k)
-            train, test = splits["train"], splits["test"]
-            if d.max_docs:
-                train, test = train[:d.max_docs], test[:d.max_docs]
-        else:
-            train, test = split_docs(splits["train"], d.test_fraction, cfg.data_seed, d.max_docs)
-    else:
-        raise UserError(f"task.data.source: unknown source '{d.source}' (embedded, hf or local)")
-    validation, test = split_validation(test, d.get("validation_fraction") or 0.0, cfg.data_seed)
-    if len(train) < 2 or len(test) < 1:
-        raise UserError(f"too few documents after the split: {len(train)} train, {len(test)} test")
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "validation.jsonl", validation)
-    write_jsonl(out_dir / "test.jsonl", test)
-    stats = {"n_train": len(train), "n_validation": len(validation), "n_test": len(test),
-             "train_by_corpus": dict(Counter(x["corpus"] for x in train)),
-             "test_by_corpus": dict(Counter(x["corpus"] for x in test)),
-             "train_positive_fraction": round(sum(x["label"] for x in train) / len(train), 4)}
-    log.info("data: %s", stats)
-    return stats
 
 
 def load_split(data_dir: Path, split: str) -> list[dict]:

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from pipelines.common import hub_hint
-from pipelines.cost import meter
+from pipelines.infra.cost_meter import meter
+from pipelines.infra.io import hub_hint
 
 EOS = "<|endoftext|>"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipelines.data import load_split
-from pipelines.models import load_tokenizer, train_tokenizer
+from pipelines.lm.models import load_tokenizer, train_tokenizer
+from pipelines.tasks.data import load_split
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.common import UserError
+from pipelines.infra.io import UserError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("hf", "vllm", "auto")
@@ -123,7 +123,7 @@ def engine_for(model: torch.nn.Module) -> VLLMEngine:
         if not folder or not Path(folder).is_dir():
             raise UserError("vLLM sampling needs a policy loaded from a folder (its architecture and tokenizer "
                             f"settings); this one came from '{folder or 'memory'}'")
-        from pipelines.models import context_length
+        from pipelines.lm.models import context_length
 
         _STATE["engine"] = VLLMEngine(folder, context_length(model), _STATE["gpu_memory_utilization"])
     engine = _STATE["engine"]

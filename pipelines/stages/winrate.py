@@ -17,17 +17,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipelines import best_of_n
-from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
-from pipelines.evaluate import frontier_param, test_prompts
-from pipelines.judge import (Comparison, JudgeStopped, build_judge, load_template, run_judgments, run_options,
-                             win_rate)
-from pipelines.models import load_policy, load_tokenizer
-from pipelines.reward import load_reward
-from pipelines.sampling import sample_completions
-from pipelines.text_task import eval_rows, few_shot_prefix, is_text_task, judge_prompt
+from baselines import best_of_n
+from pipelines.infra.device import pick_device
+from pipelines.infra.io import UserError, atomic_write_json, read_jsonl, write_jsonl
+from pipelines.judge import Comparison, JudgeStopped, build_judge, load_template, run_judgments, run_options, win_rate
+from pipelines.lm.models import load_policy, load_tokenizer
+from pipelines.lm.sampling import sample_completions
+from pipelines.stages.evaluate import frontier_param
+from pipelines.tasks.gold_reward import load_reward
+from pipelines.tasks.prefixes import test_prompts
+from pipelines.tasks.prompt_response import eval_rows, few_shot_prefix, is_text_task, judge_prompt
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ def trainer_report_to(cfg: DictConfig, out_dir: Path, run_name: str) -> list[str
     environment; the key is never written anywhere by this project."""
     mode = cfg.wandb.mode
     if mode not in ("offline", "online", "disabled"):
-        from pipelines.common import UserError
+        from pipelines.infra.io import UserError
         raise UserError(f"wandb.mode: '{mode}' is not one of offline, online, disabled")
-    from pipelines.distributed import is_main
+    from pipelines.infra.distributed import is_main
 
     if mode == "disabled" or not is_main():  # one wandb run per stage, from the main process
         return []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.common import UserError, hub_hint
+from pipelines.infra.io import UserError, hub_hint
 
 TLDR = "TL;DR:"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -34,7 +34,7 @@ def load_rows(kind: str, *, source: str, hf_id: str | None = None, hf_config: st
     .parquet or .csv files (source=local, one file or a list; their rows are concatenated)."""
     import datasets
 
-    from pipelines.data import read_table
+    from pipelines.tasks.data import read_table
 
     columns = COLUMNS[kind]
     if source == "hf":

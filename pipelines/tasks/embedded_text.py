@@ -27,7 +27,7 @@ import random
 import re
 from pathlib import Path
 
-from pipelines.common import UserError, download
+from pipelines.infra.io import UserError, download
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 
 import torch
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from pipelines import vllm_sampling
-from pipelines.cost import add_generated, current, flop_params
+from pipelines.infra.cost_meter import add_generated, current, flop_params
+from pipelines.infra.device import use_bf16
+from pipelines.lm import vllm_engine
 
 
 def full_distribution_config(max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0
@@ -64,9 +66,9 @@ def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, 
                        desc: str | None = None) -> list[list[int]]:
     """One completion per prompt (repeat prompts for several). Each completion ends at its first EOS (kept) or
     at max_new_tokens (no EOS). Returns token ids without padding. With task.generation.backend=vllm, vLLM samples
-    (pipelines/vllm_sampling.py) from the model's current weights, one seed per prompt."""
-    if vllm_sampling.active():
-        out = vllm_sampling.engine_for(model).sample(
+    (pipelines/vllm_engine.py) from the model's current weights, one seed per prompt."""
+    if vllm_engine.active():
+        out = vllm_engine.engine_for(model).sample(
             prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
             seeds=[batch_seed(seed, tag, i) for i in range(len(prompts))])
         cost = current()
@@ -118,3 +120,12 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
         out += [float(t.sum()) for t in per_token]
     model.train(was_training)
     return out
+
+
+def reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+    """log pi_SFT(completion | prompt) in the precision DPO trains in (bf16 autocast where the preset trains in
+    bf16), so that at the first step the policy's and the stored reference's log-probs cancel as they would in TRL's
+    own reference pass."""
+    device = next(policy.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.model.precision, device)):
+        return sequence_logprobs(policy, prompts, completions, cfg.task.generation.batch_size)

@@ -21,12 +21,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from pipelines.common import UserError, atomic_write_json, pick_device, read_jsonl, write_jsonl
-from pipelines.evaluate import eval_prompts
-from pipelines.models import load_policy, load_tokenizer
-from pipelines.reward import load_reward
-from pipelines.sampling import sample_completions
-from pipelines.text_task import eval_rows, is_text_task
+from pipelines.infra.device import pick_device
+from pipelines.infra.io import UserError, atomic_write_json, read_jsonl, write_jsonl
+from pipelines.lm.models import load_policy, load_tokenizer
+from pipelines.lm.sampling import sample_completions
+from pipelines.tasks.gold_reward import load_reward
+from pipelines.tasks.prefixes import eval_prompts
+from pipelines.tasks.prompt_response import eval_rows, is_text_task
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def held_out_prompts(cfg: DictConfig, tokenizer) -> tuple[list[list[int]], list[
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Sample and score max(N) completions per held-out prefix, chunk by chunk (a rerun skips finished chunks)."""
-    from baselines.reward_model import load_scorer
+    from pipelines.lm.scorers import load_scorer
 
     m, g = cfg.method, cfg.task.generation
     device = pick_device(cfg.device)
@@ -167,3 +168,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
                      metrics["reward"], metrics["reward_se"])
         points[n] = path.name
     return {"points": points}
+
+
+def check(cfg: DictConfig, need) -> None:
+    m = cfg.method
+    need(len(m.n_grid) > 0 and all(n >= 1 for n in m.n_grid), f"method.n_grid must be N >= 1, got {m.n_grid}")
+    need(m.n_prompts is None or m.n_prompts >= 1, f"method.n_prompts must be >= 1 or null, got {m.n_prompts}")
+    need(m.chunk_prompts >= 1 and m.sample_batch_size >= 1, "method.chunk_prompts and sample_batch_size must be >= 1")

@@ -2,7 +2,8 @@
 
 For each snapshot of the method (and the SFT policy itself for method=sft): sample completions on the held-out
 test prefixes (and, separately, on the validation prefixes) from the policy's full distribution, score them with
-r*, and estimate the sequence-level KL(pi || pi_SFT) from the same samples. Writes eval/step<N>.json (metrics) and eval/step<N>.samples.jsonl.
+r*, and estimate the sequence-level KL(pi || pi_SFT) from the same samples. Writes eval/step<N>.json (metrics)
+and eval/step<N>.samples.jsonl.
 Each snapshot's file is written once, so an interrupted evaluation resumes where it stopped.
 """
 from __future__ import annotations
@@ -13,15 +14,15 @@ from pathlib import Path
 import evaluate as hf_evaluate
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.common import atomic_write_json, pick_device, write_jsonl
-from pipelines.data import load_split
-from pipelines.models import load_policy, load_tokenizer
-from pipelines.prompts import make_prefixes
-from pipelines.reward import Reward, load_reward
-from pipelines.sampling import batch_seed, sample_completions, sequence_logprobs
+from pipelines.infra.device import pick_device
+from pipelines.infra.io import atomic_write_json, write_jsonl
+from pipelines.lm.models import load_policy, load_tokenizer
+from pipelines.lm.sampling import batch_seed, sample_completions, sequence_logprobs
+from pipelines.tasks.gold_reward import Reward, load_reward
+from pipelines.tasks.prefixes import eval_prompts
 
 log = logging.getLogger(__name__)
-METRIC_DIR = Path(__file__).parent / "metrics" / "sequence_kl_reward"
+METRIC_DIR = Path(__file__).parents[1] / "numerics" / "metrics" / "sequence_kl_reward"
 # The method setting each run's points are labelled with (the swept one); Preferred-FT varies only its seed.
 # (ipo: beta is IPO's tau; cdpo sweeps beta at a fixed label smoothing; bon's parameter is N, set by best_of_n.)
 def frontier_param(method: DictConfig):
@@ -58,23 +59,6 @@ def method_snapshots(cfg: DictConfig) -> list[tuple[int, Path]]:
     """(step, folder) of every saved policy of the configured method."""
     found = sorted(Path(cfg.paths.method).glob("snapshots/step*"))
     return [(int(p.name[4:]), p) for p in found]
-
-
-def eval_prompts(cfg: DictConfig, tokenizer, split: str = "test", n: int | None = None) -> list[list[int]]:
-    """The held-out prefixes of `split` (test: task.eval.n_prompts of them; validation: n_validation_prompts), the
-    same for every method and seed (drawn with data_seed)."""
-    e = cfg.task.eval
-    n = n or (e.n_prompts if split == "test" else e.get("n_validation_prompts") or 0)
-    if n == 0:
-        return []
-    rows = make_prefixes(load_split(cfg.paths.data, split), tokenizer, n, cfg.task.prompt.min_tokens,
-                         cfg.task.prompt.max_tokens, cfg.data_seed, split)
-    return [x["prompt_ids"] for x in rows]
-
-
-def test_prompts(cfg: DictConfig, tokenizer, n: int | None = None) -> list[list[int]]:
-    """The held-out test prefixes (the first n of them)."""
-    return eval_prompts(cfg, tokenizer, "test", n)
 
 
 def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Path]], meta: dict, seed: int

@@ -21,9 +21,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from pipelines import embedded_text
-from pipelines import preference_data as pdata
-from pipelines.common import UserError, pick_device, read_jsonl, write_jsonl
+from pipelines.infra.device import pick_device
+from pipelines.infra.io import UserError, read_jsonl, write_jsonl
+from pipelines.tasks import embedded_text
+from pipelines.tasks import preference_data as pdata
 
 log = logging.getLogger(__name__)
 FORMAT = "prompt_response"
@@ -225,8 +226,8 @@ def few_shot_prefix(cfg: DictConfig, tokenizer, shots: int) -> list[int]:
 def run_pairs(cfg: DictConfig, out_dir: Path) -> dict:
     """The data's preference pairs as token ids, with log pi_SFT of both answers (computed once, here, under the
     precision DPO trains in; see pipelines/pairs.py). Resumable by chunk."""
-    from pipelines.models import load_policy, load_tokenizer
-    from pipelines.pairs import reference_logps
+    from pipelines.lm.models import load_policy, load_tokenizer
+    from pipelines.lm.sampling import reference_logps
 
     p, g = cfg.task.pairs, cfg.task.generation
     sft_dir = Path(cfg.paths.sft) / "policy"

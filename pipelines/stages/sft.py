@@ -17,13 +17,14 @@ from omegaconf import DictConfig
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from pipelines.common import UserError, trainer_precision
-from pipelines.data import load_split
-from pipelines.distributed import is_main, per_process, save_trained
-from pipelines.lm_head import apply_to_trainer
-from pipelines.models import build_policy, context_length, load_tokenizer
-from pipelines.text_task import is_text_task, sft_examples
-from pipelines.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
+from pipelines.infra.device import trainer_precision
+from pipelines.infra.distributed import is_main, per_process, save_trained
+from pipelines.infra.io import UserError
+from pipelines.infra.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
+from pipelines.lm.lm_head import apply_to_trainer
+from pipelines.lm.models import build_policy, context_length, load_tokenizer
+from pipelines.tasks.data import load_split
+from pipelines.tasks.prompt_response import is_text_task, sft_examples
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from typing import Callable
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import cost, distributed
-from pipelines.common import UserError, atomic_write_json, environment, git_sha, versions
+from pipelines.infra import cost_meter, distributed
+from pipelines.infra.io import UserError, atomic_write_json
+from pipelines.infra.provenance import environment, git_sha, versions
 
 log = logging.getLogger(__name__)
 DONE = "done.json"
@@ -104,7 +105,7 @@ def _started_hash(out_dir: Path) -> str | None:
 def _device_name(cfg: DictConfig) -> str:
     import torch
 
-    from pipelines.common import pick_device
+    from pipelines.infra.device import pick_device
 
     device = pick_device(cfg.get("device", "auto"))
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -154,7 +155,7 @@ def run_stage(cfg: DictConfig, stages: dict[str, Stage], name: str, _hashes: dic
         metrics, stage_cost = {}, None
         if main or in_all:
             try:
-                with cost.track() as meter:
+                with cost_meter.track() as meter:
                     metrics = stage.run(cfg, out_dir) or {}
                 stage_cost = {**meter.summary(), "device": _device_name(cfg), "threads": cfg.get("threads"),
                               "processes": distributed.world_size() if in_all else 1}

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 
-from pipelines.common import UserError
+from omegaconf import DictConfig
+
+from pipelines.infra.io import UserError
+from pipelines.tasks.data import load_split
 
 
 def make_prefixes(docs: list[dict], tokenizer, n: int, min_tokens: int, max_tokens: int, seed: int,
@@ -27,3 +30,20 @@ def make_prefixes(docs: list[dict], tokenizer, n: int, min_tokens: int, max_toke
         raise UserError(f"asked for {n} {split} prompts but only {len(out)} {split} documents are long enough; "
                         f"lower the prompt count or add data")
     return out
+
+
+def eval_prompts(cfg: DictConfig, tokenizer, split: str = "test", n: int | None = None) -> list[list[int]]:
+    """The held-out prefixes of `split` (test: task.eval.n_prompts of them; validation: n_validation_prompts), the
+    same for every method and seed (drawn with data_seed)."""
+    e = cfg.task.eval
+    n = n or (e.n_prompts if split == "test" else e.get("n_validation_prompts") or 0)
+    if n == 0:
+        return []
+    rows = make_prefixes(load_split(cfg.paths.data, split), tokenizer, n, cfg.task.prompt.min_tokens,
+                         cfg.task.prompt.max_tokens, cfg.data_seed, split)
+    return [x["prompt_ids"] for x in rows]
+
+
+def test_prompts(cfg: DictConfig, tokenizer, n: int | None = None) -> list[list[int]]:
+    """The held-out test prefixes (the first n of them)."""
+    return eval_prompts(cfg, tokenizer, "test", n)

@@ -19,12 +19,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from pipelines.common import pick_device, read_jsonl, use_bf16, write_jsonl
-from pipelines.data import load_split
-from pipelines.models import load_policy, load_tokenizer
-from pipelines.prompts import make_prefixes
-from pipelines.reward import load_reward
-from pipelines.sampling import sample_completions, sequence_logprobs
+from pipelines.infra.device import pick_device
+from pipelines.infra.io import read_jsonl, write_jsonl
+from pipelines.lm.models import load_policy, load_tokenizer
+from pipelines.lm.sampling import reference_logps, sample_completions
+from pipelines.tasks.data import load_split
+from pipelines.tasks.gold_reward import load_reward
+from pipelines.tasks.prefixes import make_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,12 @@ def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: lis
         if abs(rewards[i] - rewards[j]) <= tie_threshold or completions[i] == completions[j]:
             ties += 1
             continue
-        w, l = (i, j) if rewards[i] > rewards[j] else (j, i)
-        pairs.append({"prompt_ids": prompt_ids, "chosen_ids": completions[w], "rejected_ids": completions[l],
-                      "chosen_reward": rewards[w], "rejected_reward": rewards[l]})
+        w, lo = (i, j) if rewards[i] > rewards[j] else (j, i)
+        pairs.append({"prompt_ids": prompt_ids, "chosen_ids": completions[w], "rejected_ids": completions[lo],
+                      "chosen_reward": rewards[w], "rejected_reward": rewards[lo]})
         if ref_logps is not None:
-            pairs[-1].update(ref_chosen_logps=ref_logps[w], ref_rejected_logps=ref_logps[l])
+            pairs[-1].update(ref_chosen_logps=ref_logps[w], ref_rejected_logps=ref_logps[lo])
     return pairs, ties
-
-
-def reference_logps(cfg: DictConfig, policy, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
-    """log pi_SFT(completion | prompt) in the precision DPO trains in (bf16 autocast where the preset trains in
-    bf16), so that at the first step the policy's and the stored reference's log-probs cancel as they would in TRL's
-    own reference pass."""
-    device = next(policy.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.model.precision, device)):
-        return sequence_logprobs(policy, prompts, completions, cfg.task.generation.batch_size)
 
 
 def _sample_rows(cfg: DictConfig, policy, tokenizer, reward, prompts: list[dict], chunk_dir: Path, tag: str,
@@ -99,9 +91,9 @@ def _ranked(rows: list[dict], tie_threshold: float) -> tuple[list[dict], int]:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from pipelines import text_task
-    if text_task.is_text_task(cfg):  # summarization, dialogue: the data's own (human) comparisons
-        return text_task.run_pairs(cfg, out_dir)
+    from pipelines.tasks import prompt_response
+    if prompt_response.is_text_task(cfg):  # summarization, dialogue: the data's own (human) comparisons
+        return prompt_response.run_pairs(cfg, out_dir)
     p = cfg.task.pairs
     tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
     policy = load_policy(Path(cfg.paths.sft) / "policy", pick_device(cfg.device))

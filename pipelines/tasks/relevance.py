@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from pipelines.common import UserError, atomic_write_json, read_jsonl
+from pipelines.infra.io import UserError, atomic_write_json, read_jsonl
 
 log = logging.getLogger(__name__)
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -139,7 +139,7 @@ def _bags(feature_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pair_accuracy(model, pairs: list[dict]) -> float:
     """Fraction of pairs whose chosen answer scores strictly higher (ties count as misses)."""
-    from pipelines.text_task import judge_prompt
+    from pipelines.tasks.prompt_response import judge_prompt
 
     scores = model([(judge_prompt(p["prompt"]), p[s]) for p in pairs for s in ("chosen", "rejected")])
     return sum(a > b for a, b in zip(scores[::2], scores[1::2])) / max(1, len(pairs))
@@ -148,8 +148,8 @@ def pair_accuracy(model, pairs: list[dict]) -> float:
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Reward stage of the prompt-response tasks: fit r* on the training split, record its held-out accuracy on
     real-vs-mismatched pairs of the test split."""
-    from pipelines.embedded_text import mismatched_pairs
-    from pipelines.text_task import judge_prompt
+    from pipelines.tasks.embedded_text import mismatched_pairs
+    from pipelines.tasks.prompt_response import judge_prompt
 
     r = cfg.task.reward
     data = Path(cfg.paths.data)

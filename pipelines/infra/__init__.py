@@ -1,0 +1,1 @@
+"""Infrastructure: skip/resume bookkeeping, files, provenance, device, processes, cost meter, tracking."""

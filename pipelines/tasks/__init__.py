@@ -1,0 +1,1 @@
+"""What each task is: corpora and readers, prompts and prefixes, gold rewards."""
