@@ -71,8 +71,9 @@ def _front(points: pd.DataFrame) -> pd.DataFrame:
 def interpolate_front(points: pd.DataFrame, kl_grid) -> np.ndarray:
     """Test r* of the validation-chosen front of `points` (one method and seed, plus its SFT point) at each KL of
     kl_grid: linear between front points, NaN below the seed's first own front point (no chord from SFT) and beyond
-    its last front point (a front extends only to checkpoints on it; never extrapolated). analysis.stats.front_curve."""
-    return stats.front_curve(_front(points), kl_grid)
+    its reach (flat after the last front point up to the largest KL the seed's checkpoints reached; never
+    extrapolated). analysis.stats.front_curve."""
+    return stats.front_curve(_front(points), kl_grid, stats.reach(points))
 
 
 def _complete_seeds(df: pd.DataFrame, method: str) -> tuple[list, list]:
@@ -112,14 +113,15 @@ def incomplete_note(df: pd.DataFrame) -> list[str]:
 
 def seed_curves(df: pd.DataFrame, method: str, budgets=KL_BUDGETS) -> dict:
     """Per complete seed of `method`: its validation-chosen front read on test at each budget. Returns {"keys":
-    [(seed, shared_seed)], "values": (seeds x budgets), "first_kl": first own front KL per seed, "last_kl": last
-    front KL per seed}."""
+    [(seed, shared_seed)], "values": (seeds x budgets), "first_kl": first own front KL per seed, "last_kl": the largest
+    KL any checkpoint of the seed reached, its reach}."""
     pts = _seed_points(df, method)
     fronts = [_front(p) for p in pts.values()]
-    return {"keys": list(pts), "values": np.array([stats.front_curve(f, budgets) for f in fronts]
+    reaches = [stats.reach(p) for p in pts.values()]
+    return {"keys": list(pts), "values": np.array([stats.front_curve(f, budgets, r) for f, r in zip(fronts, reaches)]
                                                   ).reshape(len(fronts), len(budgets)),
             "first_kl": np.array([stats.first_own_kl(f) for f in fronts], dtype=float),
-            "last_kl": np.array([stats.last_kl(f) for f in fronts], dtype=float)}
+            "last_kl": np.array(reaches, dtype=float)}
 
 
 def seed_table(df: pd.DataFrame, budgets=KL_BUDGETS) -> pd.DataFrame:
@@ -206,7 +208,8 @@ def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
         top = max((float(f.kl.max()) for f in fronts if len(f)), default=0.0)
         # Dense grid plus every front point, so the mean line passes through a lone seed's corners exactly.
         grid = np.unique(np.concatenate([np.linspace(0, top, 300)] + [f.kl.to_numpy(float) for f in fronts]))
-        values = np.array([stats.front_curve(f, grid) for f in fronts]).reshape(len(fronts), len(grid))
+        values = np.array([stats.front_curve(f, grid, stats.reach(p)) for f, p in zip(fronts, seeds)]
+                          ).reshape(len(fronts), len(grid))
         n, mean, _, half = across_seeds(values)
         several = len(seeds) >= 2
         # Only where every seed has data: a mean over a changing set of seeds jumps where one drops out.

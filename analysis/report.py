@@ -258,9 +258,11 @@ def matched_kl(table: pd.DataFrame) -> list[str]:
     head = table_head(["KL", *(names.display_name(m) for m in methods)])
     lines = ["## Reward at matched KL (mean across seeds, 95 % interval)", "",
              "Each seed's Pareto front is chosen on the validation prefixes (its checkpoints and its own SFT point); "
-             "its checkpoints' test r* is read at the KL by linear interpolation between front points, only between "
-             "the seed's own first and last front checkpoint (no chord from SFT, no flat extension, no "
-             "extrapolation); mean across the seeds that cover the KL ± the 95 % t-interval half-width "
+             "its checkpoints' test r* is read at the KL by linear interpolation between front points from the seed's "
+             "own first front checkpoint, then flat at the last one's reward up to the largest KL any checkpoint of "
+             "the seed reached (a budget is KL ≤ b: the best policy the seed found within it; no chord from SFT, no "
+             "extrapolation beyond what the seed reached); mean across the seeds that cover the KL ± the 95 % "
+             "t-interval half-width "
              "t_{0.975, n−1} · sd / √n, seed count in brackets (of the method's seeds), — where none covers it"
              + ("; Best-of-N's KL is analytic, log N − (N−1)/N." if "bon" in methods else "."), "", *head]
     for budget in dict.fromkeys(table.kl):

@@ -11,7 +11,8 @@ Pure functions of arrays and data frames: numpy, pandas and scipy only, no file 
 
 Public API
   validation_front(points)                    rows on the front chosen on val_kl / val_reward, sorted by val_kl
-  front_curve(front, budgets)                 test r* of that front at each test-KL budget (NaN where unmeasured)
+  front_curve(front, budgets, reach)          test r* of that front at each test-KL budget (NaN where unmeasured)
+  reach(points)                               largest test KL of any own checkpoint (front or not)
   first_own_kl(front), last_kl(front)         smallest / largest test KL of the front's own (non-SFT) points
   paired_comparison(a, b, alpha, power)       paired t-test of one budget, CI and minimum detectable difference
   holm(pvalues)                               Holm-Bonferroni adjusted p-values
@@ -85,7 +86,14 @@ def last_kl(front: pd.DataFrame) -> float:
     return float(own.max()) if len(own) else float("nan")
 
 
-def front_curve(front: pd.DataFrame, budgets) -> np.ndarray:
+def reach(points: pd.DataFrame) -> float:
+    """Largest test KL of any of the seed's own (non-SFT) evaluated checkpoints, on its front or not: how far the
+    seed's training went. NaN if it has none."""
+    own = points.loc[~_is_sft(points), "kl"].dropna()
+    return float(own.max()) if len(own) else float("nan")
+
+
+def front_curve(front: pd.DataFrame, budgets, reach_kl: float | None = None) -> np.ndarray:
     """Test r* of a validation-chosen front (validation_front's output, SFT row included) at each test-KL budget.
 
     The front's points are taken in order of TEST KL and their test reward is replaced by its running maximum: a
@@ -94,15 +102,21 @@ def front_curve(front: pd.DataFrame, budgets) -> np.ndarray:
     running maximum. Between consecutive points the curve is linear: sampling either policy at random per prompt
     earns the chord's reward at no more than the chord's KL (KL is convex in the policy).
 
-    NaN where the budget lies beyond the largest test KL of the front (never flat-extended, never extrapolated) and
-    where it lies below first_own_kl(front): a budget counts only if the seed has an evaluated checkpoint of its own
-    at or below it, not just the chord from SFT. A front of only the SFT point gives all NaN.
+    A budget is a limit, KL <= budget: beyond the front's last point the curve stays at that point's reward up to
+    `reach_kl` (reach(points): the largest test KL of any checkpoint the seed evaluated, dominated ones included),
+    because the seed's training did go that far and the best policy it found within the budget is that last front
+    point (a run whose later checkpoints hack the reward keeps its best earlier one). Without `reach_kl` the curve
+    ends at the front's last point. NaN beyond the reach (never extrapolated to KL no checkpoint of the seed had) and
+    below first_own_kl(front): a budget counts only if the seed has an evaluated checkpoint of its own at or below it,
+    not just the chord from SFT. A front of only the SFT point gives all NaN.
 
     Returns a float array with the shape of `budgets`.
     """
     grid = np.asarray(budgets, dtype=float)
     out = np.full(grid.shape, np.nan)
     lo, hi = first_own_kl(front), last_kl(front)
+    if reach_kl is not None and np.isfinite(reach_kl):
+        hi = max(hi, float(reach_kl))
     if np.isnan(lo):
         return out
     if front[["kl", "reward"]].isna().any().any():
@@ -114,7 +128,7 @@ def front_curve(front: pd.DataFrame, budgets) -> np.ndarray:
     last = np.append(xs[1:] != xs[:-1], True)
     xs, ys = xs[last], ys[last]
     inside = (grid >= lo) & (grid <= hi)
-    out[inside] = np.interp(grid[inside], xs, ys)
+    out[inside] = np.interp(grid[inside], xs, ys)  # flat after the last front point, up to hi
     return out
 
 
@@ -257,7 +271,7 @@ def compare_methods(values_a, values_b, budgets, alpha: float = 0.05, *, power: 
     budgets: the KL budget of each column. A budget is compared only where every seed of both methods has a value;
     the others are left out with a reason. To say why a seed has no value, optionally pass per-seed arrays
     first_kl_* (first_own_kl of the seed's front: below it, "has no checkpoint at or below KL x") and max_kl_*
-    (last_kl of the front: beyond it, "does not reach KL x"); name_a, name_b and seeds (row labels, default 0..n-1)
+    (reach of the seed: beyond it, "does not reach KL x"); name_a, name_b and seeds (row labels, default 0..n-1)
     only label the reasons.
 
     At the compared budgets: paired_comparison (a - b), p-values Holm-adjusted over the compared budgets, and a sign
@@ -370,7 +384,7 @@ def _clause(result: dict, rival: str) -> str:
         details.append("left out: " + "; ".join(x["reason"] for x in result["left_out"]))
     verb = {"dominates": f"dominates {rival}'s", "dominated": f"is dominated by {rival}'s",
             "mixed": f"neither dominates nor is dominated by {rival}'s",
-            "not distinguishable": f"is not distinguishable from {rival}'s at this scale",
+            "not distinguishable": f"is not distinguishable from {rival}'s",
             "no comparable budget": f"cannot be compared with {rival}'s at any KL budget"}[rel]
     return f"{verb} ({'; '.join(details)})" if details else verb
 
@@ -407,4 +421,5 @@ def verdict_sentence(rel_by_rival: dict[str, dict], names: dict[str, str], subje
     alphas = sorted({float(r["alpha"]) for r in rel_by_rival.values()})
     return (f"At this scale {me}'s frontier {_and(clauses)}: the paper's claim that {me} dominates {whom} {claim} "
             f"(paired t-tests across {seeds} full-pipeline seeds at each KL budget every seed of both methods "
-            f"reaches, Holm-corrected over budgets, α = {' / '.join(f'{a:g}' for a in alphas)}).")
+            f"reaches (a budget is KL ≤ b: the best checkpoint the seed found within it), Holm-corrected over "
+            f"budgets, α = {' / '.join(f'{a:g}' for a in alphas)}).")

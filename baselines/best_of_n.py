@@ -25,9 +25,7 @@ from pipelines.infra.device import pick_device
 from pipelines.infra.io import UserError, atomic_write_json, read_jsonl, write_jsonl
 from pipelines.lm.models import load_policy, load_tokenizer
 from pipelines.lm.sampling import sample_completions
-from pipelines.tasks.gold_reward import load_reward
-from pipelines.tasks.prefixes import eval_prompts
-from pipelines.tasks.prompt_response import eval_rows, is_text_task
+from pipelines.tasks.registry import task_of
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +48,15 @@ def select_best(scores: list[list[float]], n: int) -> list[int]:
 
 def sampling_temperatures(cfg: DictConfig) -> list[float]:
     """Temperatures the train stage samples at: the task's one (sentiment), or every non-zero one of the win-rate
-    sweep (prompt-response tasks)."""
-    if not is_text_task(cfg):
+    sweep (prompt-response tasks: Task.bon_per_temperature)."""
+    if not task_of(cfg).bon_per_temperature:
         return [float(cfg.task.generation.temperature)]
     return [float(t) for t in cfg.task.winrate.temperatures if t > 0]
 
 
 def samples_dir(cfg: DictConfig, temperature: float) -> Path:
     root = Path(cfg.paths.method) / "samples"
-    return root / f"T{temperature:g}" if is_text_task(cfg) else root
-
-
-def held_out_prompts(cfg: DictConfig, tokenizer) -> tuple[list[list[int]], list[str]]:
-    """(prompts, split of each). Sentiment: every method's evaluation prefixes, test then validation (the same
-    prefixes every other frontier point is measured on; method.n_prompts may only cap them for a quick run)."""
-    if is_text_task(cfg):
-        rows = eval_rows(cfg, tokenizer, cfg.method.n_prompts or cfg.task.winrate.n_prompts)
-        return [r["prompt_ids"] for r in rows], ["test"] * len(rows)
-    test = eval_prompts(cfg, tokenizer, "test", cfg.method.n_prompts)
-    validation = eval_prompts(cfg, tokenizer, "validation")
-    return test + validation, ["test"] * len(test) + ["validation"] * len(validation)
+    return root / f"T{temperature:g}" if task_of(cfg).bon_per_temperature else root
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -82,13 +69,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(sft_dir)
     policy = load_policy(sft_dir, device)
     scorer = load_scorer(cfg, device)
-    prompts, splits = held_out_prompts(cfg, tokenizer)
+    # (prompts, split of each): sentiment's evaluation prefixes (test, validation), or the win-rate test prompts
+    prompts, splits = task_of(cfg).bon_prompts(cfg, tokenizer)
     n_max = max(m.n_grid)
     chunks = range(0, len(prompts), m.chunk_prompts)
     t0, sampled = time.time(), 0
     for temperature in sampling_temperatures(cfg):
         # The tag of the temperature-1 sentiment samples predates the temperature sweep: kept, so its samples stay.
-        tag = "bon" if not is_text_task(cfg) else f"bon/T{temperature:g}"
+        tag = f"bon/T{temperature:g}" if task_of(cfg).bon_per_temperature else "bon"
         for c, start in enumerate(tqdm(chunks, desc=f"best-of-{n_max} T={temperature:g}: sample + score r_phi")):
             path = samples_dir(cfg, temperature) / f"chunk{c:04d}.jsonl"
             if path.exists():
@@ -151,7 +139,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     rows = [r for f in sorted(samples_dir(cfg, cfg.task.generation.temperature).glob("chunk*.jsonl"))
             for r in read_jsonl(f)]
     by_split = {split: [r for r in rows if r.get("split", "test") == split] for split in ("test", "validation")}
-    reward = load_reward(cfg)
+    reward = task_of(cfg).load_reward(cfg)
     points = {}
     for n in sorted(m.n_grid):
         path = out_dir / f"step{n:06d}.json"

@@ -1,5 +1,6 @@
-"""The paper's two likelihood baselines, trained on the same preference pairs as DPO, from the SFT policy, with the
-same optimiser, schedule, batch and snapshots (pipelines.dpo.training_args), so only the loss differs.
+"""Preferred-FT, and what it shares with Unlikelihood (baselines/unlikelihood.py): the paper's two likelihood
+baselines, trained on the same preference pairs as DPO, from the SFT policy, with the
+same optimiser, schedule, batch and snapshots (pipelines.lm.trainer.training_args), so only the loss differs.
 
 - Preferred-FT: supervised fine-tuning on the chosen completion y_w of every pair (TRL's SFTTrainer, loss on the
   completion tokens only). A prefix's best sample is chosen in 3 of its 6 pairs, the second best in 2: the pairs
@@ -25,8 +26,7 @@ from pipelines.infra.tracking import JsonlMetrics
 from pipelines.lm.lm_head import apply_to_trainer
 from pipelines.lm.models import load_policy, load_tokenizer
 from pipelines.lm.trainer import SnapshotPolicy, check_offline, load_pairs, train_and_save, training_args
-
-IGNORE = -100
+from pipelines.numerics.losses import IGNORE
 
 
 def completion_labels(prompt: list[int], completion: list[int]) -> list[int]:

@@ -3,11 +3,12 @@ prompt, each one's advantage is its KL-penalised reward minus the mean of the ot
 baseline than PPO (no value model, one gradient step per batch of rollouts).
 
 method=rloo uses the learned reward model r_phi, method=rloo_gt the ground-truth r*. As for PPO, scores are
-normalised with the mean/std of SFT samples' scores measured once before training, so `beta` (TRL's fixed
-coefficient on the sequence KL in the reward) means the same for both rewards. TRL samples from the full
-distribution here (temperature 1, top_k 0, top_p 1) and keeps EOS, like the project's own sampler. TRL left-pads
-the prompts and scores them without position ids: `MaskPositionRLOOTrainer` gives its models position ids from the
-attention mask, so the log-probs it trains on are those of the model that sampled.
+normalised with the mean/std of SFT samples' scores measured once before training (PPO's normalisation, the same
+samples: baselines/onpolicy.py), so `beta` (TRL's fixed coefficient on the sequence KL in the reward) means the
+same for both rewards. TRL samples from the full distribution here (temperature 1, top_k 0, top_p 1) and keeps
+EOS, like the project's own sampler. TRL left-pads the prompts and scores them without position ids:
+`MaskPositionRLOOTrainer` gives its models position ids from the attention mask, so the log-probs it trains on are
+those of the model that sampled.
 Reads sft/policy, data/ (train prefixes), reward_model/ or reward/. Writes snapshots/step*/, policy/, metrics.jsonl."""
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from trl import RLOOConfig, RLOOTrainer
 
-from baselines.onpolicy import method_scorer, train_prefixes
+from baselines.onpolicy import method_scorer, score_normalisation, train_prefixes
 from pipelines.infra.cost_meter import add_generated, meter
 from pipelines.infra.device import pick_device, use_bf16
 from pipelines.infra.distributed import per_process
@@ -26,22 +27,9 @@ from pipelines.infra.tracking import JsonlMetrics, trainer_report_to
 from pipelines.lm import vllm_engine
 from pipelines.lm.lm_head import apply_to_trainer, use_mask_positions
 from pipelines.lm.models import load_policy, load_tokenizer
-from pipelines.lm.sampling import sample_completions
 from pipelines.lm.trainer import SnapshotPolicy, train_and_save
 
 log = logging.getLogger(__name__)
-
-
-def score_stats(policy, scorer, prompts: list[list[int]], tokenizer, max_new_tokens: int, batch_size: int,
-                seed: int) -> tuple[float, float]:
-    """Mean and std of the scores of SFT samples (the normalisation PPO uses too)."""
-    completions = sample_completions(policy, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
-                                     pad_id=tokenizer.pad_token_id, batch_size=batch_size, seed=seed,
-                                     tag="rloo/score_norm")
-    scores = scorer(prompts, completions)
-    mean = sum(scores) / len(scores)
-    std = (sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) ** 0.5
-    return mean, max(std, 1e-6)
 
 
 def make_reward_func(scorer, mean: float, std: float):
@@ -89,9 +77,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     pool = train_prefixes(cfg, tokenizer, m.n_prompts)
     policy = load_policy(sft_dir, device)
     mean, std = 0.0, 1.0
-    if m.normalize_scores:
-        mean, std = score_stats(policy, scorer, pool[:m.score_norm_samples], tokenizer, g.max_new_tokens,
-                                g.batch_size, cfg.seed + 1)
+    if m.normalize_scores:  # PPO's, on the same samples (every process of a launch measures all of them)
+        mean, std = score_normalisation(policy, scorer, pool, cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
         log.info("rloo: score normalisation from %d SFT samples: mean %.4f, std %.4f", m.score_norm_samples, mean, std)
     # TRL tokenises the prompt text itself; prompt_ids (the project's prefix ids) reach the reward function.
     data = Dataset.from_dict({"prompt": tokenizer.batch_decode(pool), "prompt_ids": pool})

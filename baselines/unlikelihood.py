@@ -8,12 +8,12 @@ import torch
 from omegaconf import DictConfig
 from transformers import Trainer, TrainingArguments
 
-from baselines.preferred_ft import IGNORE, _callbacks, completion_labels, offline_policy
+from baselines.preferred_ft import _callbacks, completion_labels, offline_policy
 from pipelines.lm.lm_head import use_dense_logits
 from pipelines.lm.models import load_tokenizer
 from pipelines.lm.sampling import right_pad
 from pipelines.lm.trainer import check_offline, load_pairs, train_and_save, training_args
-from pipelines.numerics.losses import unlikelihood_from_logps
+from pipelines.numerics.losses import IGNORE, unlikelihood_from_logps
 
 
 class UnlikelihoodTrainer(Trainer):
@@ -24,7 +24,7 @@ class UnlikelihoodTrainer(Trainer):
         self.alpha, self.pad_id = alpha, pad_id
         self._logged: dict[str, list[float]] = {}
         # The loss needs the log-probs of the completion tokens only: the model's forward returns them (projected
-        # and normalised at the scored positions alone, pipelines/lm_head.py) instead of (B, T, V) logits. Patched
+        # and normalised at the scored positions alone, pipelines/lm/lm_head.py) instead of (B, T, V) logits. Patched
         # on the model itself, so a DDP wrapper's forward still goes through it.
         use_dense_logits(self.model, 1.0, ("log_probs",))
 

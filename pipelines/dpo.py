@@ -1,4 +1,4 @@
-"""DPO stage (Rafailov et al. 2023, Eq. 7): TRL's DPOTrainer from the SFT policy, reference = the SFT policy.
+"""DPO, IPO and cDPO (Rafailov et al. 2023, Eq. 7): TRL's DPOTrainer from the SFT policy, reference = the SFT policy.
 
 TRL re-tokenises text pairs (appending EOS to completions that were cut at the length limit, and letting BPE
 merge across the prompt/completion boundary), which would train on sequences that were never sampled. The pairs

@@ -34,7 +34,7 @@ from pipelines.infra.io import UserError  # noqa: E402
 from pipelines.lm import vllm_engine  # noqa: E402
 from pipelines.lm.models import set_attn_implementation  # noqa: E402
 from pipelines.stages import data, evaluate, gold_reward, pairs, reward_model, sft, tokenizer, winrate  # noqa: E402
-from pipelines.tasks.prompt_response import is_text_task  # noqa: E402
+from pipelines.tasks.registry import task_of  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
@@ -143,23 +143,19 @@ STAGES = {s.name: s for s in [
           fingerprint=_local_file_checksums),
     Stage("tokenizer", tokenizer.run, ("model.pretrained", "model.tokenizer"), ("data",),
           lambda c: Path(c.paths.tokenizer)),
-    # Prompt-response tasks: which examples fit and where answers are cut, and the loss mask, shape the SFT data too.
-    Stage("sft", sft.run, lambda c: ("model", "shared_seed") + (
-        ("task.sft", "task.prompt", "task.generation.max_new_tokens") if is_text_task(c) else ()),
+    # What a row adds per task format (extra hash keys, upstream stages) is the format's Task (tasks/registry.py).
+    Stage("sft", sft.run, lambda c: ("model", "shared_seed") + task_of(c).sft_keys,
           ("data", "tokenizer"), lambda c: Path(c.paths.sft), distributed=True),
     Stage("reward", gold_reward.run, ("task.reward", "data_seed"), ("data",), lambda c: Path(c.paths.reward)),
     Stage("evaluate_sft", evaluate.run_sft, ("task.eval", "task.prompt", "task.generation", "data_seed",
                                              "shared_seed"),
           ("data", "sft", "reward"), lambda c: Path(c.paths.sft) / "eval"),
-    # Prompt-response tasks take their pairs from the data: no r*.
     Stage("pairs", pairs.run, ("task.pairs", "task.prompt", "task.generation", "data_seed", "shared_seed"),
-          lambda c: ("data", "sft") if is_text_task(c) else ("data", "sft", "reward"), lambda c: Path(c.paths.pairs)),
+          lambda c: task_of(c).pairs_deps, lambda c: Path(c.paths.pairs)),
     Stage("reward_model", reward_model.run, ("reward_model", "shared_seed"), ("sft", "pairs"),
           lambda c: Path(c.paths.reward_model), distributed=True),
-    # Best-of-N of a prompt-response task samples at each win-rate temperature, for the win-rate prompts.
-    # Sentiment's Best-of-N samples for every evaluation prefix (task.eval's test and validation counts).
-    Stage("train", _train, lambda c: (ON_POLICY_KEYS + ((("task.winrate",) if is_text_task(c) else ("task.eval",))
-                                                        if c.method.name == "bon" else ()))
+    # Best-of-N's prompts and temperatures are the task's (Task.bon_keys).
+    Stage("train", _train, lambda c: (ON_POLICY_KEYS + (task_of(c).bon_keys if c.method.name == "bon" else ()))
           if METHODS[c.method.name].on_policy else OFFLINE_KEYS,
           lambda c: METHODS[c.method.name].inputs, lambda c: Path(c.paths.method),
           distributed=lambda c: METHODS[c.method.name].in_all_processes()),
@@ -167,11 +163,8 @@ STAGES = {s.name: s for s in [
           ("train", "evaluate_sft"), lambda c: Path(c.paths.method) / "eval"),
     # Keyed by the judge's identity (not its concurrency or retry settings), so a rerun with other limits resumes.
     # Prompt-response tasks judge against the data's answers (no evaluation stage); their prompt cap picks the prompts.
-    Stage("winrate", winrate.run,
-          lambda c: WINRATE_KEYS + (("task.prompt",) if is_text_task(c) else ()),
-          lambda c: (("train", "data") + (("reward",) if c.judge.backend == "oracle" else ())) if is_text_task(c)
-          else ("evaluate", "evaluate_sft"),
-          lambda c: Path(c.paths.method) / "winrate" / c.judge.name),
+    Stage("winrate", winrate.run, lambda c: WINRATE_KEYS + task_of(c).winrate_keys,
+          lambda c: task_of(c).winrate_deps(c), lambda c: Path(c.paths.method) / "winrate" / c.judge.name),
 ]}
 
 

@@ -1,9 +1,19 @@
-"""Seed sweeps that survive interruptions: `python -m pipelines.sweep --experiment E --seeds 0-9 --methods dpo ppo`.
+"""The one way the reproduce targets run their jobs: `python -m pipelines.sweep --experiment E [--seeds 0-2]`.
+
+What an experiment sweeps is part of its definition: the `sweep:` block of conf/experiment/<E>.yaml (read here, never
+part of a stage hash) names its `methods` (the default of --methods), its `jobs` (the default of --jobs; 1 at paper
+scale, one GPU) and, for the committed multi-seed verdict, its `groups` (methods, each group at its own seeds, one
+group after the other: --groups). Which methods read the learned reward model r_phi comes from their METHODS rows
+(pipelines/run.py), never from a list.
 
 The jobs are (seed, method, setting) for every setting of the method's preset grid
 (conf/method_preset/<experiment>/<method>.yaml, `hydra.sweeper.params`). They run seed by seed, so that whatever
-is finished when a sitting ends is a set of complete seeds: first the seed's own pipeline (SFT, pairs, r_phi) on
-every core, then its method jobs side by side (`--jobs` processes, one thread each), longest first.
+is finished when a sitting ends is a set of complete seeds: first the seed's own pipeline (the stages of
+cfg.pipeline before train: data, tokenizer, SFT, r*, pairs) alone on every core, then its method jobs side by side
+(`--jobs` processes, cores / jobs threads each), on-policy methods first (they take longest). r_phi is a job of its
+own, started first: its readers wait for it, every other job runs beside it. Each job's output goes to its log
+(runs/<task>/<preset>/logs/sweep/; with one job at a time also to the terminal); the terminal gets a line per job
+started and done, with how many are done and an ETA from the mean job time.
 
 A job is done when its evaluation (and win-rate) stages are done with the hash the current config gives them, in
 the run folder or in the ledger: `results/<task>/<preset>/ledger/seed<k>.jsonl`, one line per small file a finished
@@ -11,8 +21,12 @@ job or pipeline wrote (done-markers, eval/step*.json, winrates.json; never weigh
 committed, so a sweep resumes from it on a fresh clone: ledger files missing from the run folder are written back
 (done-markers marked `restored`, which the stage runner treats as not done, so nothing downstream trusts weights that
 are not there) and the finished jobs are skipped. The analysis then reads the run folder as if nothing was lost.
+--no-ledger (the one-seed reproduce targets) neither restores from the ledger nor writes to it: the run trains what
+the run folder lacks and leaves the committed files alone.
 
   python -m pipelines.sweep --experiment sentiment_embedded --seeds 0-9 --methods dpo ppo ppo_gt --list
+  python -m pipelines.sweep --experiment sentiment_embedded --groups --group headline.seeds=0-4 --list
+  python -m pipelines.sweep --experiment sentiment_paper --accelerate ddp --no-ledger -- wandb.mode=online
 """
 from __future__ import annotations
 
@@ -20,10 +34,12 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +54,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 LEDGER_GLOBS = ("done.json", "eval/done.json", "eval/step*.json", "winrate/*/done.json", "winrate/*/winrates.json")
 PIPELINE_STAGES = ("sft", "sft/eval", "pairs", "reward_model")
 FIXED_STAGES = ("data", "tokenizer", "reward")
+# The stages of a method job; the seed's pipeline is every stage of cfg.pipeline before them.
+METHOD_STAGES = ("train", "evaluate", "winrate")
+DEFAULT_JOBS = 2
 
 
 @dataclass
@@ -48,20 +67,45 @@ class Job:
     cfg: DictConfig = field(repr=False, default=None)
 
 
+@dataclass
+class Task:
+    """One process of the sweep: a method job (counted in the progress lines) or r_phi's training."""
+    label: str
+    cmd: list[str]
+    log: Path
+    after: tuple[str, ...] = ()  # labels of the tasks it waits for
+    counted: bool = True
+    then: Callable[[], None] | None = None  # after it succeeded (the ledger)
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-9' -> [0..9]; '0,2,5' -> [0, 2, 5]; '3' -> [3]."""
+    """'0-9' -> [0..9]; '0,2,5' or '0 2 5' -> [0, 2, 5]; '3' -> [3]."""
     out: list[int] = []
-    for part in str(text).replace(" ", ",").split(","):
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            out += list(range(int(lo), int(hi) + 1))
-        else:
-            out.append(int(part))
+    try:
+        for part in str(text).replace(" ", ",").split(","):
+            if not part:
+                continue
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out += list(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UserError(f"--seeds: cannot read '{text}' (e.g. 0-9 or 0,1,2)") from None
     if not out:
         raise UserError(f"--seeds: no seed in '{text}' (e.g. 0-9 or 0,1,2)")
     return sorted(dict.fromkeys(out))
+
+
+def seeds_text(seeds: list[int]) -> str:
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def split_names(values) -> list[str]:
+    """Method names given as separate words, one quoted string ("dpo ppo") or a comma list."""
+    return [n for v in values or [] for n in re.split(r"[\s,]+", str(v)) if n]
 
 
 def compose_cfg(overrides: list[str], hydra_node: bool = False) -> DictConfig:
@@ -75,6 +119,16 @@ def grid(experiment: str, method: str, extra: list[str]) -> list[list[str]]:
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     axes = [[f"{k}={v.strip()}" for v in str(values).split(",")] for k, values in params.items()]
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def pipeline_stages(cfg: DictConfig) -> list[str]:
+    """The seed's pipeline stages: those of cfg.pipeline before the method's own (r_phi is a job of its own)."""
+    return [s for s in cfg.pipeline if s not in METHOD_STAGES and s != "reward_model"]
+
+
+def reads_rphi(method: str) -> bool:
+    from pipelines.run import METHODS
+    return "reward_model" in METHODS[method].inputs
 
 
 def plan_hash(cfg: DictConfig, stages: dict[str, Stage], name: str, _memo: dict | None = None) -> str:
@@ -105,7 +159,18 @@ def job_done(cfg: DictConfig) -> bool:
     return True
 
 
+def rphi_done(cfg: DictConfig) -> bool:
+    """r_phi trained with the current config and its weights there (a marker restored from the ledger is not)."""
+    from pipelines.run import STAGES
+    done = read_done(Path(cfg.paths.reward_model))
+    return (done is not None and not done.get("restored")
+            and done.get("hash") == plan_hash(cfg, STAGES, "reward_model"))
+
+
 # ---------------------------------------------------------------------------------------------------- ledger
+_LEDGER_LOCK = threading.Lock()  # parallel jobs record into the same seed file
+
+
 def ledger_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results) / "ledger"
 
@@ -115,20 +180,22 @@ def record(cfg: DictConfig, seed: int, folders: list[Path]) -> int:
     of new or changed files."""
     run_root = Path(cfg.paths.run_root)
     path = ledger_dir(cfg) / f"seed{seed}.jsonl"
-    entries = {e["path"]: e for e in _read(path)}
-    changed = 0
-    for folder in folders:
-        for pattern in LEDGER_GLOBS:
-            for f in sorted(Path(folder).glob(pattern)):
-                rel = str(f.relative_to(run_root))
-                text = f.read_text()
-                if rel.endswith("done.json"):
-                    text = json.dumps({k: v for k, v in json.loads(text).items() if k != "restored"}, sort_keys=True)
-                if entries.get(rel, {}).get("text") != text:
-                    entries[rel] = {"path": rel, "text": text}
-                    changed += 1
-    if changed:
-        atomic_write_text(path, "".join(json.dumps(entries[k], sort_keys=True) + "\n" for k in sorted(entries)))
+    with _LEDGER_LOCK:
+        entries = {e["path"]: e for e in _read(path)}
+        changed = 0
+        for folder in folders:
+            for pattern in LEDGER_GLOBS:
+                for f in sorted(Path(folder).glob(pattern)):
+                    rel = str(f.relative_to(run_root))
+                    text = f.read_text()
+                    if rel.endswith("done.json"):
+                        text = json.dumps({k: v for k, v in json.loads(text).items() if k != "restored"},
+                                          sort_keys=True)
+                    if entries.get(rel, {}).get("text") != text:
+                        entries[rel] = {"path": rel, "text": text}
+                        changed += 1
+        if changed:
+            atomic_write_text(path, "".join(json.dumps(entries[k], sort_keys=True) + "\n" for k in sorted(entries)))
     return changed
 
 
@@ -154,36 +221,154 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+# --------------------------------------------------------------------------------------------------- launch
+def launcher(accelerate: str | None) -> list[str]:
+    """The command that runs pipelines.run: this Python, or `accelerate launch` with conf/accelerate/<name>.yaml."""
+    if not accelerate:
+        return [sys.executable, "-m", "pipelines.run"]
+    config = CONF / "accelerate" / f"{accelerate}.yaml"
+    if not config.is_file():
+        names = ", ".join(sorted(p.stem for p in (CONF / "accelerate").glob("*.yaml")))
+        raise UserError(f"--accelerate {accelerate}: no conf/accelerate/{accelerate}.yaml (there are: {names})")
+    script = Path(sys.executable).with_name("accelerate")
+    return [str(script) if script.exists() else "accelerate", "launch", "--config_file", str(config),
+            "-m", "pipelines.run"]
+
+
+def command(prefix: list[str], overrides: list[str], threads: int) -> list[str]:
+    return [*prefix, *overrides, f"threads={threads}"]
+
+
+# ------------------------------------------------------------------------------------------------- progress
+def minutes(seconds: float) -> str:
+    """45 -> '0.8 min', 1500 -> '25 min', 3900 -> '1 h 05 min'."""
+    m = seconds / 60
+    if m < 10:
+        return f"{m:.1f} min"
+    if m < 60:
+        return f"{m:.0f} min"
+    h, rest = divmod(round(m), 60)
+    return f"{h} h {rest:02d} min"
+
+
+def progress(done: int, total: int, mean_seconds: float, jobs: int) -> str:
+    """'K of M jobs done' and, while some are left, the ETA: the jobs left at the mean job time, `jobs` at a time."""
+    text = f"{done} of {total} jobs done"
+    left = total - done
+    if left > 0 and done > 0:
+        text += f", ETA ~{minutes(mean_seconds * left / max(1, min(jobs, left)))}"
+    return text
+
+
+class Progress:
+    def __init__(self, total: int, jobs: int):
+        self.total, self.jobs, self.times = total, jobs, []
+        self.lock = threading.Lock()
+
+    def add(self, seconds: float) -> str:
+        with self.lock:
+            self.times.append(seconds)
+            return progress(len(self.times), self.total, sum(self.times) / len(self.times), self.jobs)
+
+
 # ------------------------------------------------------------------------------------------------------ runs
-def _command(overrides: list[str], threads: int) -> list[str]:
-    return [sys.executable, "-m", "pipelines.run", *overrides, f"threads={threads}"]
-
-
-def _run(cmd: list[str], log_path: Path, label: str) -> None:
+def _run(cmd: list[str], log_path: Path, label: str, echo: bool = False) -> float:
+    """Run one command, its output into log_path (and the terminal when echo). Returns its seconds; raises with the
+    end of its log when it fails."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     print(f"[{label}] started (log: {log_path})", flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    took = (time.time() - start) / 60
-    if result.returncode != 0:
+        if echo:
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                  bufsize=1) as proc:
+                for line in proc.stdout:
+                    log.write(line)
+                    sys.stdout.write(line)
+                returncode = proc.wait()
+            sys.stdout.flush()
+        else:
+            returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    took = time.time() - start
+    if returncode != 0:
         tail = log_path.read_text().splitlines()[-30:]
-        raise UserError(f"[{label}] FAILED after {took:.1f} min; the end of {log_path}:\n" + "\n".join(tail))
-    print(f"[{label}] done in {took:.1f} min", flush=True)
+        raise UserError(f"[{label}] FAILED after {minutes(took)}; the end of {log_path}:\n" + "\n".join(tail))
+    return took
+
+
+def run_tasks(tasks: list[Task], workers: int, prog: Progress, echo: bool = False) -> None:
+    """Run the tasks `workers` at a time, each in list order once the tasks it waits for are done. After a failure
+    nothing new starts; the running ones finish; then the first failure is raised."""
+    labels = {t.label for t in tasks}
+    assert all(set(t.after) <= labels for t in tasks), "a task waits for one that is not in the list"
+    pending, finished, errors = list(tasks), set(), []
+    cond = threading.Condition()
+
+    def take() -> Task | None:
+        with cond:
+            while pending and not errors:
+                ready = next((t for t in pending if set(t.after) <= finished), None)
+                if ready is not None:
+                    pending.remove(ready)
+                    return ready
+                cond.wait()
+            return None
+
+    def worker() -> None:
+        while (task := take()) is not None:
+            try:
+                took = _run(task.cmd, task.log, task.label, echo)
+                if task.then is not None:
+                    task.then()
+            except BaseException as err:  # noqa: BLE001 -- handed to the main thread
+                with cond:
+                    errors.append(err)
+                    cond.notify_all()
+                return
+            note = f"; {prog.add(took)}" if task.counted else ""
+            print(f"[{task.label}] done in {minutes(took)}{note}", flush=True)
+            with cond:
+                finished.add(task.label)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(workers, len(tasks))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", required=True, help="conf/experiment/<name>.yaml")
+    ap.add_argument("--seeds", default=None, help="full-pipeline seeds, e.g. 0-9, 0,1,2 or '0 1 2' (default 0)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="methods to sweep, each over its preset grid (default: the experiment's sweep.methods)")
+    ap.add_argument("--groups", action="store_true",
+                    help="run the experiment's sweep.groups one after the other (each its methods at its seeds)")
+    ap.add_argument("--group", action="append", default=[], metavar="NAME.KEY=VALUE",
+                    help="change one group's methods or seeds, e.g. headline.seeds=0-4, other.methods= (none)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help=f"method jobs side by side (default: the experiment's sweep.jobs, else {DEFAULT_JOBS})")
+    ap.add_argument("--threads", type=int, default=_cores(),
+                    help="threads of the seed's pipeline stages; each job gets threads / jobs (default: the cores)")
+    ap.add_argument("--accelerate", default=None, metavar="NAME",
+                    help="launch every command with accelerate launch --config_file conf/accelerate/NAME.yaml")
+    ap.add_argument("--no-ledger", action="store_true",
+                    help="neither restore finished jobs from the committed ledger nor write to it")
+    ap.add_argument("--list", action="store_true", help="list the jobs and whether each is done; train nothing")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (after --)")
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiment", required=True)
-    ap.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,1,2")
-    ap.add_argument("--methods", nargs="+", required=True)
-    ap.add_argument("--jobs", type=int, default=2, help="method jobs side by side")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="threads of the pipeline stages")
-    ap.add_argument("--list", action="store_true", help="list the jobs and whether each is done; train nothing")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     try:
         sweep(args)
     except UserError as err:
@@ -191,64 +376,123 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def sweep(args) -> None:
-    from pipelines.run import METHODS, check
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
 
-    unknown = [m for m in args.methods if m not in METHODS]
+
+def groups_of(spec, changes: list[str]) -> dict[str, dict]:
+    """The experiment's sweep.groups with --group NAME.KEY=VALUE changes applied (NAME_KEY works too)."""
+    groups = {name: {"methods": split_names(g.get("methods")), "seeds": str(g.get("seeds", "0"))}
+              for name, g in (spec.get("groups") or {}).items()}
+    if not groups:
+        raise UserError("--groups: the experiment has no sweep.groups")
+    for change in changes:
+        m = re.fullmatch(r"(\w+?)[._](methods|seeds)=(.*)", change.strip(), re.IGNORECASE | re.DOTALL)
+        if not m or m.group(1).lower() not in groups:
+            raise UserError(f"--group {change}: expected NAME.methods=... or NAME.seeds=... with NAME one of "
+                            f"{list(groups)}")
+        name, key, value = m.group(1).lower(), m.group(2).lower(), m.group(3)
+        groups[name][key] = split_names([value]) if key == "methods" else value
+    return groups
+
+
+def sweep(args) -> None:
+    prefix = launcher(args.accelerate)  # a bad --accelerate stops here, before anything is composed or run
+    methods = split_names(args.methods)
+    if args.groups and (methods or args.seeds):
+        raise UserError("--groups runs the experiment's groups at their own seeds: no --methods or --seeds with it "
+                        "(change a group with --group NAME.methods=... / NAME.seeds=...)")
+    exp = compose_cfg([f"experiment={args.experiment}", *args.overrides])
+    spec = OmegaConf.to_container(OmegaConf.select(exp, "sweep") or OmegaConf.create({}))
+    jobs = args.jobs or spec.get("jobs") or DEFAULT_JOBS
+    if args.groups:
+        plans = [(name, g["methods"], parse_seeds(g["seeds"])) for name, g in groups_of(spec, args.group).items()
+                 if g["methods"]]
+    else:
+        methods = methods or split_names(spec.get("methods"))
+        if not methods:
+            raise UserError(f"--methods: experiment {args.experiment} names no sweep.methods; name them")
+        plans = [(None, methods, parse_seeds(args.seeds if args.seeds is not None else "0"))]
+    from pipelines.run import METHODS
+    unknown = sorted({m for _, ms, _ in plans for m in ms if m not in METHODS})
     if unknown:
         raise UserError(f"--methods: unknown method(s) {unknown}; methods are {sorted(METHODS)}")
-    seeds = parse_seeds(args.seeds)
+    for name, group_methods, seeds in plans:
+        if name is not None:
+            print(f"{args.experiment}, group {name}: {' '.join(group_methods)} at seeds {seeds_text(seeds)}",
+                  flush=True)
+        run_sweep(args, exp, group_methods, seeds, jobs, prefix)
+
+
+def run_sweep(args, exp: DictConfig, methods: list[str], seeds: list[int], n_jobs: int, prefix: list[str]) -> None:
+    from pipelines.run import METHODS, check
+
     base = [f"experiment={args.experiment}", *args.overrides]
     # Every job composed and validated before anything trains.
     jobs: list[Job] = []
     for seed in seeds:
-        for method in args.methods:
+        for method in methods:
             for setting in grid(args.experiment, method, args.overrides):
                 overrides = [*base, f"method={method}", f"seed={seed}", *setting]
                 cfg = compose_cfg(overrides)
                 check(cfg)
                 jobs.append(Job(seed, method, overrides, cfg))
     first = jobs[0].cfg
-    restored = restore(first)
-    if restored:
-        print(f"ledger: {restored} file(s) of earlier runs written back into {first.paths.run_root}", flush=True)
+    ledger = not args.no_ledger
+    if ledger:
+        restored = restore(first)
+        if restored:
+            print(f"ledger: {restored} file(s) of earlier runs written back into {first.paths.run_root}", flush=True)
     todo = [j for j in jobs if not job_done(j.cfg)]
-    print(f"{args.experiment}: {len(jobs)} job(s) over seeds {seeds[0]}-{seeds[-1]}, {len(jobs) - len(todo)} done, "
+    print(f"{args.experiment}: {len(jobs)} job(s) over seeds {seeds_text(seeds)}, {len(jobs) - len(todo)} done, "
           f"{len(todo)} to run", flush=True)
     if args.list:
+        left = {id(j) for j in todo}
         for j in jobs:
-            print(f"  {'done' if j not in todo else 'todo'}  seed {j.seed}  {j.cfg.method.tag}")
+            print(f"  {'todo' if id(j) in left else 'done'}  seed {j.seed}  {j.cfg.method.tag}")
+        return
+    if not todo:
         return
     logs = Path(first.paths.run_root) / "logs" / "sweep"
-    # The seed's pipeline stages (those before train in the configured pipeline), on every core.
-    pipeline = [s for s in first.pipeline if s not in ("train", "evaluate", "winrate")]
-    needs_rphi = {m for m in args.methods if "reward_model" in METHODS[m].inputs}
+    stages = pipeline_stages(exp)
+    job_threads = max(1, args.threads // n_jobs)
+    echo = n_jobs == 1
+    prog = Progress(len(todo), n_jobs)
     start = time.time()
+    print(f"{args.experiment}: {len(todo)} job(s), {n_jobs} at a time x {job_threads} thread(s); each seed's "
+          f"pipeline [{','.join(stages)}] first on {args.threads} thread(s)", flush=True)
     for seed in seeds:
         seed_jobs = [j for j in todo if j.seed == seed]
         if not seed_jobs:
             continue
-        stages = pipeline + (["reward_model"] if needs_rphi & {j.method for j in seed_jobs} else [])
-        _run(_command([*base, f"seed={seed}", f"pipeline=[{','.join(stages)}]"], args.threads),
-             logs / f"seed{seed}_pipeline.log", f"seed {seed} pipeline")
-        cfg = jobs[[j.seed for j in jobs].index(seed)].cfg
+        cfg = seed_jobs[0].cfg
+        seed_base = [*base, f"seed={seed}"]
+        _run(command(prefix, [*seed_base, f"pipeline=[{','.join(stages)}]"], args.threads),
+             logs / f"seed{seed}_pipeline.log", f"seed {seed} pipeline", echo)
         pipeline_dir = Path(cfg.paths.pipeline)
-        record(cfg, seed, [pipeline_dir / s for s in PIPELINE_STAGES]
-               + [Path(cfg.paths.shared) / s for s in FIXED_STAGES])
-        # Longest first: the on-policy methods (PPO, RLOO, Best-of-N) take longest per setting.
-        seed_jobs.sort(key=lambda j: not METHODS[j.method].on_policy)
-
-        def one(job: Job) -> None:
-            _run(_command(job.overrides, 1), logs / f"seed{job.seed}_{job.cfg.method.tag}.log",
-                 f"seed {job.seed} {job.cfg.method.tag}")
-            record(job.cfg, job.seed, [Path(job.cfg.paths.method)])
-
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for future in [pool.submit(one, j) for j in seed_jobs]:
-                future.result()
-        print(f"seed {seed}: {len(seed_jobs)} job(s) done; {(time.time() - start) / 60:.1f} min since the sweep "
-              "started", flush=True)
-    print(f"{args.experiment}: seeds {seeds[0]}-{seeds[-1]} done in {(time.time() - start) / 60:.1f} min", flush=True)
+        if ledger:
+            record(cfg, seed, [pipeline_dir / s for s in PIPELINE_STAGES if s != "reward_model"]
+                   + [Path(cfg.paths.shared) / s for s in FIXED_STAGES])
+        tasks: list[Task] = []
+        rphi = f"seed {seed} r_phi"
+        if any(reads_rphi(j.method) for j in seed_jobs) and not rphi_done(cfg):
+            tasks.append(Task(rphi, command(prefix, [*seed_base, "pipeline=[reward_model]"], job_threads),
+                              logs / f"seed{seed}_reward_model.log", counted=False,
+                              then=(lambda c=cfg, s=seed: record(c, s, [Path(c.paths.reward_model)])) if ledger
+                              else None))
+        # Longest first: the on-policy methods (PPO, RLOO, Best-of-N) take longest per setting; among equals the
+        # order of the method list.
+        for job in sorted(seed_jobs, key=lambda j: not METHODS[j.method].on_policy):
+            waits = (rphi,) if tasks and tasks[0].label == rphi and reads_rphi(job.method) else ()
+            tasks.append(Task(f"seed {job.seed} {job.cfg.method.tag}", command(prefix, job.overrides, job_threads),
+                              logs / f"seed{job.seed}_{job.cfg.method.tag}.log", after=waits,
+                              then=(lambda j=job: record(j.cfg, j.seed, [Path(j.cfg.paths.method)])) if ledger
+                              else None))
+        run_tasks(tasks, n_jobs, prog, echo)
+        print(f"seed {seed}: {len(seed_jobs)} job(s) done; {minutes(time.time() - start)} since the sweep started",
+              flush=True)
+    print(f"{args.experiment}: {len(todo)} job(s) over seeds {seeds_text(seeds)} done in "
+          f"{minutes(time.time() - start)} with {n_jobs} job(s) x {job_threads} thread(s)", flush=True)
 
 
 if __name__ == "__main__":

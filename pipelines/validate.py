@@ -8,11 +8,12 @@ from pipelines.infra import distributed
 from pipelines.infra.device import PRECISIONS
 from pipelines.infra.io import UserError
 from pipelines.lm.vllm_engine import BACKENDS
+from pipelines.tasks.registry import TASKS
 
 SOURCES = ("embedded", "hf", "local")
 REWARDS = ("tfidf_logreg", "hf_classifier")
 WANDB_MODES = ("offline", "online", "disabled")
-FORMATS = ("prefix", "prompt_response")
+FORMATS = tuple(TASKS)  # pipelines/tasks/registry.py: what each task format is
 TEXT_TASKS = ("summarization", "dialogue")
 # Stages that read the ground-truth reward r* (sentiment only)
 SENTIMENT_STAGES = ("evaluate_sft", "evaluate")

@@ -7,7 +7,7 @@ A done stage whose hash differs is never overwritten silently: the run stops unl
 The marker also records where the stage ran (`environment`: CPU and its SIMD features, torch build and threads,
 GPUs, library versions), since the same command can give other numbers on another CPU; that record is provenance
 only and never enters the hash, so a finished stage is skipped on any machine.
-Under a multi-process launch (pipelines/distributed.py) the main process keeps these books alone; the others
+Under a multi-process launch (pipelines/infra/distributed.py) the main process keeps these books alone; the others
 follow its decisions and run only the stages marked `distributed` (the Trainer stages).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small shared helpers: user-facing errors, atomic file writes, provenance, device and precision."""
+"""Files and errors: the user-facing error, atomic writes, JSON lines, checked downloads, the Hub hint."""
 from __future__ import annotations
 
 import json

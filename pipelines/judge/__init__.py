@@ -1,4 +1,4 @@
-"""Pairwise LLM judging (issue 5): prompt templates, a strict verdict parser, three backends, a robust runner.
+"""Pairwise LLM judging: prompt templates, a strict verdict parser, three backends, a robust runner.
 
     judge = build_judge(OmegaConf.load("conf/judge/openai.yaml"))
     report = run_judgments(judge, load_template("summarization_c"), comparisons, seed=0, cache_dir=...)

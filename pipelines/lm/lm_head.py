@@ -27,6 +27,8 @@ import types
 import torch
 from trl.trainer.utils import FusedCausalLMOutput
 
+from pipelines.numerics.logprobs import entropy, gather_logprobs
+
 _UNSUPPORTED = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                 "logits_scaling")
 
@@ -77,14 +79,6 @@ def use_mask_positions(model) -> None:
 ALL_OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
-def entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """-sum_v p_v log p_v over the last dimension. The product and the sum as one batched matrix product: on CPU
-    2.6x faster than `(p * log_p).sum(-1)` for 2,368 x 2,048 log-probs (measured here, 1 thread)."""
-    flat = log_p.float().reshape(-1, 1, log_p.shape[-1])
-    with torch.autocast(log_p.device.type, enabled=False):  # bmm is on autocast's bf16 list: keep it fp32
-        return -torch.bmm(flat.exp(), flat.transpose(1, 2)).reshape(log_p.shape[:-1])
-
-
 def token_stats(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, temperature: float = 1.0,
                 outputs: tuple[str, ...] = ALL_OUTPUTS) -> dict[str, torch.Tensor]:
     """Per-token statistics of the next-token distribution at each row of `hidden` (n, d) for `targets` (n,):
@@ -95,8 +89,8 @@ def token_stats(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.T
     z = lm_head(hidden).float()
     if temperature != 1.0:
         z = z / temperature
-    log_p = torch.log_softmax(z, dim=-1)
-    out = {"log_probs": log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)}
+    log_probs, log_p = gather_logprobs(z, targets, full=True)
+    out = {"log_probs": log_probs}
     with torch.no_grad():
         if "entropy" in outputs:
             out["entropy"] = entropy(log_p)

@@ -17,6 +17,7 @@ from transformers import GenerationConfig
 from pipelines.infra.cost_meter import add_generated, current, flop_params
 from pipelines.infra.device import use_bf16
 from pipelines.lm import vllm_engine
+from pipelines.numerics.logprobs import gather_logprobs
 
 
 def full_distribution_config(max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 1.0
@@ -101,9 +102,9 @@ def completion_token_logprobs(model, prompts: list[list[int]], completions: list
     device = next(model.parameters()).device
     # Any pad id works: padding sits after every real token and is masked.
     ids, mask = right_pad([p + c for p, c in zip(prompts, completions)], 0, device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     # Shape (B, T-1): log-prob of token t+1 given tokens <= t.
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    logps = gather_logprobs(logits, ids[:, 1:])
     return [logps[i, len(p) - 1:len(p) - 1 + len(c)] for i, (p, c) in enumerate(zip(prompts, completions))]
 
 

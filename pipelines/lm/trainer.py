@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
-# log pi_SFT of each pair's completions, stored by the pairs stage (pipelines/pairs.py)
+# log pi_SFT of each pair's completions, stored by the pairs stage (pipelines/stages/pairs.py)
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from baselines.preferred_ft import IGNORE
+from pipelines.numerics.logprobs import gather_logprobs
+
+# Label of a position that carries no loss (the prompt, padding): the Trainer convention.
+IGNORE = -100
 
 
 def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor, negative: torch.Tensor, alpha: float
@@ -12,10 +15,9 @@ def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor, negative: torc
 
     logits (B, T, V); labels (B, T) with IGNORE where no loss applies; negative (B,) bool: row is a y_l. Each term is
     a mean over its own tokens. Returns (loss, {"nll_chosen", "ul_rejected", "p_rejected"}) for logging."""
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     target = labels[:, 1:]
     mask = target != IGNORE
-    token_logp = logps.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    token_logp = gather_logprobs(logits[:, :-1], target, mask)
     return unlikelihood_from_logps(token_logp, mask, negative, alpha)
 
 

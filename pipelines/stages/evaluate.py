@@ -18,8 +18,9 @@ from pipelines.infra.device import pick_device
 from pipelines.infra.io import atomic_write_json, write_jsonl
 from pipelines.lm.models import load_policy, load_tokenizer
 from pipelines.lm.sampling import batch_seed, sample_completions, sequence_logprobs
-from pipelines.tasks.gold_reward import Reward, load_reward
+from pipelines.tasks.gold_reward import Reward
 from pipelines.tasks.prefixes import eval_prompts
+from pipelines.tasks.registry import task_of
 
 log = logging.getLogger(__name__)
 METRIC_DIR = Path(__file__).parents[1] / "numerics" / "metrics" / "sequence_kl_reward"
@@ -71,7 +72,7 @@ def evaluate_points(cfg: DictConfig, out_dir: Path, policies: list[tuple[int, Pa
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
     ref = load_policy(sft_dir, device)
-    reward = load_reward(cfg)
+    reward = task_of(cfg).load_reward(cfg)
     splits = {"test": [p for p in eval_prompts(cfg, tokenizer, "test") for _ in range(e.samples_per_prompt)],
               "validation": [p for p in eval_prompts(cfg, tokenizer, "validation")
                              for _ in range(e.samples_per_prompt)]}

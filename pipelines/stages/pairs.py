@@ -1,131 +1,18 @@
-"""Preference-pair stage (paper, sentiment): for each train prefix, sample k completions from the SFT policy,
-score them with r*, and turn every pair of the k into a (chosen, rejected) pair by r* (k=4 -> 6 pairs).
-Exact ties are dropped and counted. Pairs keep the sampled token ids, so DPO trains on exactly what was sampled.
-Each sample's log-probability under the SFT policy (= pi_ref of every DPO-family run) is computed here once, from
-the model that sampled it, and stored with the pairs as ref_chosen_logps / ref_rejected_logps: every DPO, IPO and
-cDPO run then skips the reference forward pass (a quarter of a DPO step's compute), and each sample is scored once
-rather than once per pair it appears in (3 pairs each at k = 4).
-Resumable: prompts are processed in chunks, each chunk written once with its own seed.
-Also samples pairs the same way for validation and test prefixes (pairs_validation.jsonl, pairs_test.jsonl): the
-learned reward model's checkpoint selection and its reported accuracy; nothing trains on them.
-Reads sft/policy, reward/, data/. Writes chunks*/, pairs.jsonl, pairs_validation.jsonl, pairs_test.jsonl."""
+"""Preference-pair stage: the pairs every pair-reading method (DPO and its family, Preferred-FT, Unlikelihood) and
+the learned reward model train on, as token ids with log pi_SFT of both answers computed once here (so no DPO run
+needs a reference forward pass). The task's `run_pairs` (pipelines/tasks/registry.py):
+  sentiment    k SFT samples per train prefix, every pair of them ordered by r*, and the same on validation and test
+               prefixes for the reward model's selection and accuracy (pipelines/tasks/sentiment.py)
+  summarization, dialogue   the data's own (human) comparisons (pipelines/tasks/prompt_response.py)
+Resumable by chunk. Writes chunks*/, pairs.jsonl (sentiment also pairs_validation.jsonl, pairs_test.jsonl)."""
 from __future__ import annotations
 
-import itertools
-import logging
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from pipelines.infra.device import pick_device
-from pipelines.infra.io import read_jsonl, write_jsonl
-from pipelines.lm.models import load_policy, load_tokenizer
-from pipelines.lm.sampling import reference_logps, sample_completions
-from pipelines.tasks.data import load_split
-from pipelines.tasks.gold_reward import load_reward
-from pipelines.tasks.prefixes import make_prefixes
-
-log = logging.getLogger(__name__)
-
-
-def rank_pairs(prompt_ids: list[int], completions: list[list[int]], rewards: list[float], tie_threshold: float,
-               ref_logps: list[float] | None = None) -> tuple[list[dict], int]:
-    """All unordered pairs of the completions, ordered by reward. Returns (pairs, number of ties dropped).
-    With `ref_logps` (log pi_ref(completion | prompt) per completion) each pair carries its two reference log-probs."""
-    pairs, ties = [], 0
-    for i, j in itertools.combinations(range(len(completions)), 2):
-        if abs(rewards[i] - rewards[j]) <= tie_threshold or completions[i] == completions[j]:
-            ties += 1
-            continue
-        w, lo = (i, j) if rewards[i] > rewards[j] else (j, i)
-        pairs.append({"prompt_ids": prompt_ids, "chosen_ids": completions[w], "rejected_ids": completions[lo],
-                      "chosen_reward": rewards[w], "rejected_reward": rewards[lo]})
-        if ref_logps is not None:
-            pairs[-1].update(ref_chosen_logps=ref_logps[w], ref_rejected_logps=ref_logps[lo])
-    return pairs, ties
-
-
-def _sample_rows(cfg: DictConfig, policy, tokenizer, reward, prompts: list[dict], chunk_dir: Path, tag: str,
-                 desc: str) -> list[dict]:
-    """k completions per prefix with their r* and SFT log-probs, in chunks written once each (resumable)."""
-    p, g = cfg.task.pairs, cfg.task.generation
-    chunk_dir.mkdir(exist_ok=True)
-    n_chunks = (len(prompts) + p.chunk_size - 1) // p.chunk_size
-    for c in tqdm(range(n_chunks), desc=desc):
-        path = chunk_dir / f"{c:05d}.jsonl"
-        if path.exists():
-            continue  # finished before an interruption
-        chunk = prompts[c * p.chunk_size:(c + 1) * p.chunk_size]
-        repeated = [x["prompt_ids"] for x in chunk for _ in range(p.samples_per_prompt)]
-        completions = sample_completions(policy, repeated, max_new_tokens=g.max_new_tokens,
-                                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                                         batch_size=g.batch_size, seed=cfg.shared_seed, tag=f"{tag}/{c}",
-                                         temperature=g.temperature)
-        rewards = reward(tokenizer.batch_decode([x + y for x, y in zip(repeated, completions)],
-                                                skip_special_tokens=True))
-        logps = reference_logps(cfg, policy, repeated, completions)
-        k = p.samples_per_prompt
-        write_jsonl(path, [{"prompt_ids": x["prompt_ids"], "doc": x["doc"],
-                            "completions": completions[i * k:(i + 1) * k], "rewards": rewards[i * k:(i + 1) * k],
-                            "sft_logps": logps[i * k:(i + 1) * k]}
-                           for i, x in enumerate(chunk)])
-    rows = []
-    for c in range(n_chunks):
-        for row in read_jsonl(chunk_dir / f"{c:05d}.jsonl"):
-            if "sft_logps" not in row:  # a chunk written before the log-probs were stored with it
-                row["sft_logps"] = reference_logps(cfg, policy, [row["prompt_ids"]] * len(row["completions"]),
-                                                    row["completions"])
-            rows.append(row)
-    return rows
-
-
-def _ranked(rows: list[dict], tie_threshold: float) -> tuple[list[dict], int]:
-    pairs, ties = [], 0
-    for row in rows:
-        new, t = rank_pairs(row["prompt_ids"], row["completions"], row["rewards"], tie_threshold, row["sft_logps"])
-        pairs += new
-        ties += t
-    return pairs, ties
+from pipelines.tasks.registry import task_of
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from pipelines.tasks import prompt_response
-    if prompt_response.is_text_task(cfg):  # summarization, dialogue: the data's own (human) comparisons
-        return prompt_response.run_pairs(cfg, out_dir)
-    p = cfg.task.pairs
-    tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
-    policy = load_policy(Path(cfg.paths.sft) / "policy", pick_device(cfg.device))
-    reward = load_reward(cfg)
-    prompts = make_prefixes(load_split(cfg.paths.data, "train"), tokenizer, p.n_prompts, cfg.task.prompt.min_tokens,
-                            cfg.task.prompt.max_tokens, cfg.shared_seed, "train")
-    rows = _sample_rows(cfg, policy, tokenizer, reward, prompts, out_dir / "chunks", "pairs", "pairs: sampling chunks")
-    pairs, ties = _ranked(rows, p.tie_threshold)
-    write_jsonl(out_dir / "pairs.jsonl", pairs)
-    samples = [(c, r) for row in rows for c, r in zip(row["completions"], row["rewards"])]
-    # Held-out pairs, sampled the same way on validation and test prefixes (the evaluation's prefixes, drawn with
-    # data_seed): r_phi's checkpoint selection and its reported accuracy. No method trains on them.
-    held_out = {}
-    for split in ("validation", "test"):
-        n = p.get(f"n_{split}_prompts") or 0
-        if n == 0:
-            continue
-        split_prompts = make_prefixes(load_split(cfg.paths.data, split), tokenizer, n, cfg.task.prompt.min_tokens,
-                                      cfg.task.prompt.max_tokens, cfg.data_seed, split)
-        split_rows = _sample_rows(cfg, policy, tokenizer, reward, split_prompts, out_dir / f"chunks_{split}",
-                                  f"pairs_{split}", f"pairs: {split} prefixes")
-        split_pairs, _ = _ranked(split_rows, p.tie_threshold)
-        write_jsonl(out_dir / f"pairs_{split}.jsonl", split_pairs)
-        held_out[f"n_{split}_pairs"] = len(split_pairs)
-    eos = tokenizer.eos_token_id
-    stats = {"n_prompts": len(prompts), "n_pairs": len(pairs), "n_ties_dropped": ties, **held_out,
-             "sft_mean_reward": round(sum(r for _, r in samples) / len(samples), 4),
-             "sft_mean_length": round(sum(len(c) for c, _ in samples) / len(samples), 2),
-             "sft_eos_rate": round(sum(c[-1] == eos for c, _ in samples) / len(samples), 4),
-             "mean_reward_margin": round(sum(x["chosen_reward"] - x["rejected_reward"] for x in pairs)
-                                         / max(1, len(pairs)), 4)}
-    log.info("pairs: %s", stats)
-    del policy
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return stats
+    return task_of(cfg).run_pairs(cfg, out_dir)

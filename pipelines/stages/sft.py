@@ -2,7 +2,7 @@
 (paper: gpt2-large one epoch on IMDb train; GPT-J on the TL;DR SFT data; Pythia-2.8B on HH's chosen answers, the
 paper's Preferred-FT reference). Sentiment trains on the documents joined with EOS and cut into blocks; the
 prompt-response tasks on (prompt, completion + EOS) examples, the loss on the completion only unless
-task.sft.completion_only_loss is off (pipelines/text_task.py).
+task.sft.completion_only_loss is off: the task's `sft_data` (pipelines/tasks/registry.py).
 Reads data/, tokenizer/. Writes policy/ (safetensors + tokenizer), metrics.jsonl, held-out perplexity."""
 from __future__ import annotations
 
@@ -12,32 +12,18 @@ import shutil
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from pipelines.infra.device import trainer_precision
 from pipelines.infra.distributed import is_main, per_process, save_trained
-from pipelines.infra.io import UserError
 from pipelines.infra.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 from pipelines.lm.lm_head import apply_to_trainer
-from pipelines.lm.models import build_policy, context_length, load_tokenizer
-from pipelines.tasks.data import load_split
-from pipelines.tasks.prompt_response import is_text_task, sft_examples
+from pipelines.lm.models import build_policy, load_tokenizer
+from pipelines.tasks.registry import task_of
 
 log = logging.getLogger(__name__)
-
-
-def token_blocks(texts: list[str], tokenizer, block_size: int) -> Dataset:
-    """Documents joined with EOS (so the model learns to end a review) and cut into equal blocks."""
-    stream: list[int] = []
-    for ids in tokenizer(texts)["input_ids"]:
-        stream += ids + [tokenizer.eos_token_id]
-    n = len(stream) // block_size
-    if n == 0:
-        raise UserError(f"the text is shorter than one block of {block_size} tokens; lower model.sft.block_size")
-    return Dataset.from_dict({"input_ids": [stream[i * block_size:(i + 1) * block_size] for i in range(n)]})
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -48,23 +34,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # process, which made from-scratch SFT differ from run to run.
     set_seed(cfg.shared_seed)
     model = build_policy(cfg.model, tokenizer)
-    if is_text_task(cfg):
-        (train, too_long), (test, _) = (sft_examples(cfg, tokenizer, split) for split in ("train", "test"))
-        longest = max(len(x["input_ids"]) for x in train + test)
-        if longest > context_length(model):
-            raise UserError(f"sft: an example of {longest} tokens exceeds the model's context "
-                            f"{context_length(model)}; lower task.prompt.max_tokens or max_new_tokens")
-        train, test = Dataset.from_list(train), Dataset.from_list(test)
-        extra = {"n_prompt_too_long": too_long, "train_examples": len(train)}
-        max_length = None
-    else:
-        if s.block_size > context_length(model):
-            raise UserError(f"model.sft.block_size={s.block_size} exceeds the model's context "
-                            f"{context_length(model)}")
-        train = token_blocks([d["text"] for d in load_split(cfg.paths.data, "train")], tokenizer, s.block_size)
-        test = token_blocks([d["text"] for d in load_split(cfg.paths.data, "test")], tokenizer, s.block_size)
-        extra = {"train_blocks": len(train)}
-        max_length = s.block_size
+    train, test, extra, max_length = task_of(cfg).sft_data(cfg, tokenizer, model)
     log.info("sft: %d train / %d test examples, %.2fM parameters", len(train), len(test),
              sum(p.numel() for p in model.parameters()) / 1e6)
     args = SFTConfig(

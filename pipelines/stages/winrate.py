@@ -26,23 +26,10 @@ from pipelines.judge import Comparison, JudgeStopped, build_judge, load_template
 from pipelines.lm.models import load_policy, load_tokenizer
 from pipelines.lm.sampling import sample_completions
 from pipelines.stages.evaluate import frontier_param
-from pipelines.tasks.gold_reward import load_reward
-from pipelines.tasks.prefixes import test_prompts
-from pipelines.tasks.prompt_response import eval_rows, few_shot_prefix, is_text_task, judge_prompt
+from pipelines.tasks.prompt_response import few_shot_prefix
+from pipelines.tasks.registry import task_of
 
 log = logging.getLogger(__name__)
-
-
-def references(cfg: DictConfig, n: int) -> tuple[list[list[int]], list[dict]]:
-    """The first n held-out prefixes (token ids) and, for each, the SFT policy's completion from the evaluation
-    stage (its first sample of that prefix): the reference every method is judged against."""
-    path = Path(cfg.paths.sft) / "eval" / "step000000.samples.jsonl"
-    rows = read_jsonl(path)[::cfg.task.eval.samples_per_prompt]  # prompt-major: one row per prefix
-    if len(rows) < n:
-        raise UserError(f"task.winrate.n_prompts={n} but the SFT evaluation has only {len(rows)} prefixes "
-                        f"({path}); raise task.eval.n_prompts or lower task.winrate.n_prompts")
-    tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
-    return test_prompts(cfg, tokenizer, n), rows[:n]
 
 
 def _policy_completions(cfg: DictConfig, policy, tokenizer, prompt_ids: list[list[int]], temperature: float
@@ -57,13 +44,6 @@ def _policy_completions(cfg: DictConfig, policy, tokenizer, prompt_ids: list[lis
     texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, completions)], skip_special_tokens=True)
     # Byte-level BPE: decode together, then cut the prompt (as the evaluation stage does).
     return [t[len(p):] if t.startswith(p) else tokenizer.decode(c) for p, t, c in zip(prompts, texts, completions)]
-
-
-def _text_references(cfg: DictConfig, tokenizer, n: int, split: str) -> tuple[list[list[int]], list[dict]]:
-    """Prompt-response tasks: the first n held-out prompts that fit and the data's reference answers."""
-    rows = eval_rows(cfg, tokenizer, n, split)
-    return [r["prompt_ids"] for r in rows], [{"prompt": judge_prompt(r["prompt"]), "completion": r["reference"]}
-                                             for r in rows]
 
 
 def policy_dir(cfg: DictConfig) -> Path | str:
@@ -84,37 +64,36 @@ def _best_of_n_completions(cfg: DictConfig, n_prompts: int) -> list[str]:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    w = cfg.task.winrate
-    text = is_text_task(cfg)
-    if text:
-        sft_tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
-        prompt_ids, refs = _text_references(cfg, sft_tokenizer, w.n_prompts, "test")
-    else:
-        prompt_ids, refs = references(cfg, w.n_prompts)
-    judge = build_judge(cfg.judge, reward=load_reward(cfg) if cfg.judge.backend == "oracle" else None)
+    w, task = cfg.task.winrate, task_of(cfg)
+    sft_tokenizer = load_tokenizer(Path(cfg.paths.sft) / "policy")
+    prompt_ids, refs = task.winrate_references(cfg, sft_tokenizer, w.n_prompts, "test")
+    judge = build_judge(cfg.judge, reward=task.load_reward(cfg) if cfg.judge.backend == "oracle" else None)
     template = load_template(w.template if cfg.judge.get("template") is None else cfg.judge.template)
     is_bon = cfg.method.name == "bon"
-    temperatures = [1.0] if is_bon and not text else list(w.temperatures)
+    # Best-of-N: judged at each temperature it sampled at, or at T = 1 by its evaluation's selections
+    bon_by_selections = is_bon and not task.bon_per_temperature
+    temperatures = [1.0] if bon_by_selections else list(w.temperatures)
     meta = {"method": cfg.method.name, "tag": cfg.method.tag, "seed": cfg.seed, "judge": cfg.judge.name,
             "param": max(cfg.method.n_grid) if is_bon else
             frontier_param(cfg.method)}
     # Best-of-N samples from the SFT policy; at T = 0 (prompt-response tasks) every one of its N samples is the
     # greedy one, so it is judged by that.
     sampler = Path(cfg.paths.sft) / "policy" if is_bon else policy_dir(cfg)
-    if not is_bon or (text and 0 in temperatures):
+    if not is_bon or (not bon_by_selections and 0 in temperatures):
         tokenizer, policy = load_tokenizer(sampler), load_policy(sampler, pick_device(cfg.device))
     results, all_rows = [], []
     # judge_dry_run=true: sample, count the judge calls not yet cached and their estimated cost, judge nothing.
     dry_run, needed, cost = bool(cfg.get("judge_dry_run", False)), 0, 0.0
     jobs = [("test", t, prompt_ids, refs) for t in temperatures]
-    if text and w.get("ood_n_prompts", 0) and not is_bon and (Path(cfg.paths.data) / "ood.jsonl").exists():
-        ood_ids, ood_refs = _text_references(cfg, sft_tokenizer, w.ood_n_prompts, "ood")
+    # an out-of-distribution split (summarization: CNN/DailyMail) is judged at T = 0 when the data has one
+    if w.get("ood_n_prompts", 0) and not is_bon and (Path(cfg.paths.data) / "ood.jsonl").exists():
+        ood_ids, ood_refs = task.winrate_references(cfg, sft_tokenizer, w.ood_n_prompts, "ood")
         jobs.append(("ood", 0.0, ood_ids, ood_refs))
     if cfg.method.name == "base" and cfg.method.shots:  # k-shot: the same examples before every prompt
         shots = few_shot_prefix(cfg, tokenizer, int(cfg.method.shots))
         jobs = [(s, t, [shots + p for p in ids], r) for s, t, ids, r in jobs]
     for split, temperature, ids, split_refs in jobs:
-        if is_bon and not text:
+        if bon_by_selections:
             candidates = _best_of_n_completions(cfg, w.n_prompts)
         elif is_bon and temperature > 0:
             n = max(cfg.method.n_grid)

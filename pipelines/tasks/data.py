@@ -1,4 +1,5 @@
-"""Data stage: labelled documents -> deterministic train/test split.
+"""Sentiment data: labelled documents and their deterministic train / validation / test split (the data stage,
+pipelines/stages/data.py, writes them; every later stage reads them with `load_split`).
 
 Sources (task.data.source):
   embedded  Cornell movie reviews (1,500 reviews) and review sentences (4,000) from Debian's python3-pattern,

@@ -6,6 +6,7 @@ from being trivially gameable: function words (and, the, of ...) are not feature
 (a first version's top positive feature was "and"), and the TF-IDF vector is L2-normalised, so sheer length or
 repetition cannot either.
 Paper: `HFClassifierReward`, a pretrained sequence classifier (siebert/sentiment-roberta-large-english).
+The sentiment task's reward stage (`run`) trains (embedded) or checks (paper) it; `load` reads what it wrote.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pipelines.infra.device import pick_device
 from pipelines.infra.io import UserError, atomic_write_json, hub_hint
+from pipelines.tasks.data import load_split
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +164,8 @@ class HFClassifierReward:
         return out
 
 
-def load_reward(cfg: DictConfig) -> Reward:
-    """The r* that the reward stage prepared (its folder is paths.reward). Prompt-response tasks: a relevance r* of
-    (prompt, answer) pairs (pipelines/relevance.py)."""
-    from pipelines.tasks import prompt_response, relevance
-    if prompt_response.is_text_task(cfg):
-        return relevance.load(cfg)
+def load(cfg: DictConfig) -> Reward:
+    """The sentiment task's r* that the reward stage prepared (its folder is paths.reward)."""
     r = cfg.task.reward
     if r.kind == "tfidf_logreg":
         return TfidfLogReg.load(Path(cfg.paths.reward))
@@ -176,3 +174,51 @@ def load_reward(cfg: DictConfig) -> Reward:
     raise UserError(f"task.reward.kind: unknown kind '{r.kind}' (tfidf_logreg or hf_classifier)")
 
 
+def load_reward(cfg: DictConfig) -> Reward:
+    """The r* of cfg's task, whatever its format: sentiment's classifier (`load`) or the prompt-response tasks'
+    relevance r* (pipelines/tasks/relevance.py). The stages read it as task_of(cfg).load_reward
+    (pipelines/tasks/registry.py); this entry stays for the callers that import it from here."""
+    from pipelines.tasks import prompt_response, relevance
+    return (relevance.load if prompt_response.is_text_task(cfg) else load)(cfg)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """The reward stage of the sentiment task: train (embedded) or check (paper) r*, and record its held-out
+    accuracy per corpus."""
+    r = cfg.task.reward
+    train, test = load_split(cfg.paths.data, "train"), load_split(cfg.paths.data, "test")
+    metrics: dict = {"kind": r.kind}
+    if r.kind == "tfidf_logreg":
+        # Choose the L2 strength on a validation tenth of the train documents, then refit on all of them.
+        cut = max(1, len(train) // 10)
+        fit_docs, val_docs = train[cut:], train[:cut]
+        scores = {}
+        for l2 in r.l2_grid:
+            model = TfidfLogReg.fit([d["text"] for d in fit_docs], [d["label"] for d in fit_docs],
+                                    min_df=r.min_df, max_features=r.max_features, l2=l2, steps=r.steps)
+            scores[l2] = accuracy(model, val_docs)
+            log.info("r*: l2=%g validation accuracy %.4f", l2, scores[l2])
+        best = max(scores, key=lambda k: (scores[k], -k))
+        model = TfidfLogReg.fit([d["text"] for d in train], [d["label"] for d in train], min_df=r.min_df,
+                                max_features=r.max_features, l2=best, steps=r.steps)
+        model.save(out_dir)
+        metrics.update(l2=best, validation_accuracy=scores, n_features=len(model.vocab))
+        top = torch.topk(model.weight, 10)
+        bottom = torch.topk(-model.weight, 10)
+        inv = {i: f for f, i in model.vocab.items()}
+        metrics["top_positive_features"] = [inv[i] for i in top.indices.tolist()]
+        metrics["top_negative_features"] = [inv[i] for i in bottom.indices.tolist()]
+        # The same classifier with function words kept: the usual TF-IDF + LR, for the accuracy record only.
+        plain = TfidfLogReg.fit([d["text"] for d in train], [d["label"] for d in train], min_df=r.min_df,
+                                max_features=r.max_features, l2=best, steps=r.steps, stopwords=frozenset())
+        metrics.update(accuracy_by_corpus(plain, test, "plain_tfidf_test_accuracy"))
+        filler = "and the and of and a and"
+        metrics["filler_reward"] = {"''": round(model([""])[0], 4), filler: round(model([filler])[0], 4),
+                                    "plain tfidf, filler": round(plain([filler])[0], 4)}
+    else:
+        model = load(cfg)
+        test = test[:1000]  # a large classifier: a sample of the test set is enough for the record
+    metrics.update(accuracy_by_corpus(model, test, "test_accuracy"))
+    metrics["test_accuracy"] = round(accuracy(model, test), 4)
+    log.info("r*: %s", {k: v for k, v in metrics.items() if "accuracy" in k})
+    return metrics

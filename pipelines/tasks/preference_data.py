@@ -1,5 +1,5 @@
 """Loaders of the paper's summarization and dialogue data, one code path for Hub ids and local files in the same
-schema (issue 6, first part: these are not yet wired into a pipeline).
+schema.
 
   TL;DR SFT          CarperAI/openai_summarize_tldr           prompt, label
   TL;DR comparisons  CarperAI/openai_summarize_comparisons    prompt, chosen, rejected

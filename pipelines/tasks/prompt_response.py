@@ -6,7 +6,9 @@ its own samples by r*. The shared stages and methods read them through the funct
                prefs.jsonl (prompt, chosen, rejected), test.jsonl (prompt, reference), ood.jsonl (optional)
   pairs stage  the preference records as token ids with the SFT policy's log-probs of both answers (pairs.jsonl,
                the format every pair-reading method and the reward model read)
+  SFT data     (prompt, completion + EOS) examples, the loss on the completion
   prompts      train prompts (the PPO / RLOO pool) and test prompts with their references (Best-of-N, win rates)
+They are this format's row of pipelines/tasks/registry.py.
 
 A prompt longer than task.prompt.max_tokens is left out wherever it appears (never cut: a summarization prompt cut
 at the end loses its "TL;DR:"), and counted. A completion is cut at task.generation.max_new_tokens; an uncut one
@@ -171,6 +173,22 @@ def sft_examples(cfg: DictConfig, tokenizer, split: str) -> tuple[list[dict], in
     return out, too_long
 
 
+def sft_data(cfg: DictConfig, tokenizer, model) -> tuple:
+    """(train, test, extra metrics, max_length) of the SFT stage: the `sft_examples` as datasets, each checked
+    against the model's context (max_length None: the examples are not cut)."""
+    from datasets import Dataset
+
+    from pipelines.lm.models import context_length
+
+    (train, too_long), (test, _) = (sft_examples(cfg, tokenizer, split) for split in ("train", "test"))
+    longest = max(len(x["input_ids"]) for x in train + test)
+    if longest > context_length(model):
+        raise UserError(f"sft: an example of {longest} tokens exceeds the model's context "
+                        f"{context_length(model)}; lower task.prompt.max_tokens or max_new_tokens")
+    train, test = Dataset.from_list(train), Dataset.from_list(test)
+    return train, test, {"n_prompt_too_long": too_long, "train_examples": len(train)}, None
+
+
 def _fitting(cfg: DictConfig, tokenizer, rows: list[dict], n: int | None, what: str) -> list[dict]:
     # News articles are longer than posts: the out-of-distribution split may have a cap of its own.
     key = "ood_max_tokens" if what == "ood" and cfg.task.prompt.get("ood_max_tokens") else "max_tokens"
@@ -202,6 +220,21 @@ def eval_rows(cfg: DictConfig, tokenizer, n: int, split: str = "test") -> list[d
     return _fitting(cfg, tokenizer, read_jsonl(path), n, split)
 
 
+def held_out_prompts(cfg: DictConfig, tokenizer) -> tuple[list[list[int]], list[str]]:
+    """Best-of-N's prompts and the split of each: the first win-rate test prompts (method.n_prompts may cap them)."""
+    rows = eval_rows(cfg, tokenizer, cfg.method.n_prompts or cfg.task.winrate.n_prompts)
+    return [r["prompt_ids"] for r in rows], ["test"] * len(rows)
+
+
+def winrate_references(cfg: DictConfig, tokenizer, n: int, split: str = "test"
+                       ) -> tuple[list[list[int]], list[dict]]:
+    """The first n held-out prompts of `split` that fit (token ids) and, for each, the data's reference answer with
+    the prompt as the judge reads it: what every method is judged against."""
+    rows = eval_rows(cfg, tokenizer, n, split)
+    return [r["prompt_ids"] for r in rows], [{"prompt": judge_prompt(r["prompt"]), "completion": r["reference"]}
+                                             for r in rows]
+
+
 def few_shot_prefix(cfg: DictConfig, tokenizer, shots: int) -> list[int]:
     """Token ids of `shots` worked examples (prompt + answer of the first SFT rows that fit, each ending with a blank
     line), written before a base model's prompt. They must leave room for the prompt and the answer."""
@@ -225,7 +258,7 @@ def few_shot_prefix(cfg: DictConfig, tokenizer, shots: int) -> list[int]:
 # --------------------------------------------------------------------------------------------------- pairs stage
 def run_pairs(cfg: DictConfig, out_dir: Path) -> dict:
     """The data's preference pairs as token ids, with log pi_SFT of both answers (computed once, here, under the
-    precision DPO trains in; see pipelines/pairs.py). Resumable by chunk."""
+    precision DPO trains in; see the pairs stage, pipelines/stages/pairs.py). Resumable by chunk."""
     from pipelines.lm.models import load_policy, load_tokenizer
     from pipelines.lm.sampling import reference_logps
 

@@ -1,6 +1,6 @@
 """The ground-truth reward r* of the prompt-response tasks' offline smoke runs: how well an answer fits its prompt.
 
-The smoke data's preference pairs are "the real answer over another prompt's answer" (pipelines/embedded_text.py),
+The smoke data's preference pairs are "the real answer over another prompt's answer" (pipelines/tasks/embedded_text.py),
 so their r*(x, y) measures exactly that, without a language model, and `judge=oracle` judges those runs for free:
 
   tfidf_cosine      cosine(tfidf(x), tfidf(y)) over lower-cased word types with binary term frequencies

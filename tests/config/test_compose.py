@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from pipelines.infra.io import UserError
 from pipelines.run import check as validate
-from tests.conftest import CONF, compose_cfg
+from tests.helpers import CONF, compose_cfg
 
 
 def group(name: str) -> list[str]:

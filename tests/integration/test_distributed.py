@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_reviews
+from tests.helpers import ROOT, write_reviews
 
 # name -> (distributed type, processes: a node's GPUs, or the one GPU of the offload config)
 CONFIGS = {"ddp": ("MULTI_GPU", 8), "fsdp": ("FSDP", 8), "deepspeed_zero3": ("DEEPSPEED", 8),
@@ -98,14 +98,3 @@ def test_accelerate_configs_parse(name):
     assert str(cfg.distributed_type).endswith(kind) and cfg.num_processes == processes and cfg.num_machines == 1
     if name == "deepspeed_zero3_offload":
         assert cfg.deepspeed_config["offload_optimizer_device"] == "cpu"
-
-
-def test_makefile_launches_every_pipeline_command_through_accelerate():
-    out = subprocess.run(["make", "-n", "--no-print-directory", "reproduce-sentiment-paper", "METHODS=dpo",
-                          "ACCELERATE=fsdp"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin", "RVD_RUNS": "/nonexistent/runs"})
-    assert out.returncode == 0, out.stderr
-    runs = [line for line in out.stdout.splitlines() if "pipelines.run" in line and "experiment=" in line]
-    assert len(runs) >= 2  # the shared stages, then the method job (both branches of its recipe)
-    assert all(".venv/bin/accelerate launch --config_file conf/accelerate/fsdp.yaml -m pipelines.run" in r
-               for r in runs)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from baselines.best_of_n import analytic_kl
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 OTHER_METHODS = ("ipo", "cdpo", "preferred_ft", "unlikelihood", "bon", "rloo", "rloo_gt")
 
@@ -25,7 +25,7 @@ def run(args, tmp_path, check=True):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
-    from tests.conftest import write_reviews
+    from tests.helpers import write_reviews
     data = write_reviews(tmp / "reviews.jsonl")
     common = ["experiment=smoke", "task.data.source=local", f"task.data.local_files={data}",
               f"hydra.sweep.dir={tmp}/multirun"]

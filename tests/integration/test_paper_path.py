@@ -11,7 +11,7 @@ from pipelines.infra.io import UserError
 from pipelines.lm.models import train_tokenizer
 from pipelines.run import run_pipeline
 from pipelines.tasks.gold_reward import HFClassifierReward
-from tests.conftest import compose_cfg, review_rows
+from tests.helpers import compose_cfg, review_rows
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalL
 
 from pipelines.lm.models import train_tokenizer
 from pipelines.run import run_pipeline
-from tests.conftest import compose_cfg, write_hh_files, write_tldr_files
+from tests.helpers import compose_cfg, write_hh_files, write_tldr_files
 
 
 def test_paper_presets_name_the_papers_models_and_data():

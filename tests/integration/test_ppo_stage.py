@@ -118,6 +118,19 @@ def test_interrupted_ppo_resumes_to_the_same_weights(smoke_cfg, tmp_path, monkey
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
 
 
+def test_ppo_and_rloo_divide_by_the_same_score_normalisation(smoke_cfg):
+    """One normalisation for both online methods (baselines/onpolicy.py): on one seed and one reward model, RLOO
+    measures it on the samples PPO measures it on."""
+    metrics = {}
+    for method in ("ppo", "rloo"):
+        cfg = smoke_cfg(f"method={method}", "method.total_steps=1", "pipeline=[train]")
+        run_pipeline(cfg)
+        metrics[method] = done(cfg.paths.method)["metrics"]
+    assert metrics["ppo"]["score_std"] > 1e-6
+    assert (metrics["rloo"]["score_mean"], metrics["rloo"]["score_std"]) == \
+        (metrics["ppo"]["score_mean"], metrics["ppo"]["score_std"])
+
+
 def test_reward_model_pools_at_eos_not_before_it(smoke_cfg):
     """With pad == EOS the classifier would pool at the token before EOS; r_phi gets a pad token of its own."""
     cfg = smoke_cfg("method=ppo", "pipeline=[reward_model]")

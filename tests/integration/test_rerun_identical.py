@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.infra.bookkeeping import DONE
-from tests.conftest import ROOT, compose_cfg, write_reviews
+from tests.helpers import ROOT, compose_cfg, write_reviews
 
 PIPELINE = "[data,tokenizer,sft,reward,pairs,train,evaluate]"  # evaluate pulls in evaluate_sft, PPO reward_model
 METHODS = ("dpo", "ppo")

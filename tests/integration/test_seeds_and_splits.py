@@ -122,7 +122,7 @@ def test_sweep_expands_each_methods_own_grid_and_lists_without_training(tmp_path
 
 
 def test_stage_hashes_name_the_pipeline_seed():
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
     cfg = compose_cfg(["experiment=smoke", "seed=3"])
     for stage in ("sft", "pairs", "reward_model", "evaluate_sft"):
         keys = STAGES[stage].keys(cfg) if callable(STAGES[stage].keys) else STAGES[stage].keys

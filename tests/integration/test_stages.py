@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from pipelines.infra.io import UserError
 from pipelines.run import run_pipeline
 from pipelines.stages import sft as sft_stage
-from tests.conftest import write_reviews
+from tests.helpers import write_reviews
 
 SHARED = ["data", "tokenizer", "sft"]
 

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import write_hh_files, write_tldr_files
+from tests.helpers import write_hh_files, write_tldr_files
 from tests.integration.test_entry_point import run
 
 

@@ -29,17 +29,20 @@ def test_front_is_chosen_on_validation_and_read_on_test():
     pts = rows(("sft", None, 0, 0, 0.0, 0.50), ("dpo", 0.1, 0, 5, 1.0, 0.55),
                ("dpo", 0.1, 0, 10, 2.0, 0.60, 2.0, 0.70), ("dpo", 0.1, 0, 20, 3.0, 0.90, 3.0, 0.60))
     r = interpolate_front(pts, [0.5, 1.0, 1.5, 2.0, 2.5])
-    # below the first own checkpoint (KL 1): no chord from SFT; 1.5 halfway between (1, .55) and (2, .60); beyond
-    # the last front point (KL 2): nothing, not a flat extension
+    # below the first own checkpoint (KL 1): no chord from SFT; 1.5 halfway between (1, .55) and (2, .60); between
+    # the last front point (KL 2) and the seed's reach (step 20 went to KL 3): the best policy within the budget
     assert np.isnan(r[0]) and r[1] == pytest.approx(0.55) and r[2] == pytest.approx(0.575)
-    assert r[3] == pytest.approx(0.60) and np.isnan(r[4])
+    assert r[3] == pytest.approx(0.60) and r[4] == pytest.approx(0.60)
+    assert np.isnan(interpolate_front(pts, [3.5])[0])  # beyond the reach: never extrapolated
 
 
-def test_a_front_does_not_extend_flat_to_a_jumpy_checkpoint_off_it():
-    # (10, .40) is off the front (lower than (2, .60)); the old rule read .60 up to KL 10
+def test_a_front_reads_its_best_policy_within_the_budget_up_to_the_seed_reach():
+    # (10, .40) is off the front (lower than (2, .60)) but the seed's training went to KL 10: within KL <= 5 its best
+    # policy is (2, .60); beyond KL 10 nothing is read
     pts = rows(("sft", None, 0, 0, 0.0, 0.50), ("dpo", 0.1, 0, 10, 1.0, 0.55), ("dpo", 0.1, 0, 20, 2.0, 0.60),
                ("dpo", 0.1, 0, 30, 10.0, 0.40))
-    assert np.isnan(interpolate_front(pts, [5.0])[0])
+    assert interpolate_front(pts, [5.0])[0] == pytest.approx(0.60)
+    assert np.isnan(interpolate_front(pts, [10.5])[0])
 
 
 def ten_seeds(dpo_shift: float, ppo_first_kl: float = 0.8, noise: float = 0.02, seed: int = 0) -> pd.DataFrame:

@@ -55,6 +55,7 @@ def test_the_problem_discriminates():
     assert tv(torch.nn.functional.one_hot(REWARD.argmax(), 6).float(), target) > 0.4
 
 
+@pytest.mark.heavy  # minutes of training or timing: make test runs it, make test-fast does not
 def test_ppo_with_fixed_kl_coefficient_converges_to_the_analytic_optimum():
     policy = tiny_policy()
     ref = copy.deepcopy(policy)
@@ -80,6 +81,7 @@ def test_ppo_with_fixed_kl_coefficient_converges_to_the_analytic_optimum():
                                                     abs=0.15)
 
 
+@pytest.mark.heavy  # minutes of training or timing: make test runs it, make test-fast does not
 def test_dpo_on_bradley_terry_preferences_converges_to_the_analytic_optimum():
     policy = tiny_policy()
     ref = copy.deepcopy(policy)

@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from pipelines import bench
+from pipelines import bench, bench_e2e
 
 
+@pytest.mark.heavy  # minutes of training or timing: make test runs it, make test-fast does not
 def test_bench_writes_its_record(tmp_path):
     out = tmp_path / "bench"
     bench.main(["--out", str(out), "--repeats", "1", "--eval-prefixes", "16"])
@@ -57,14 +58,14 @@ def test_end_to_end_record_has_phases_and_keeps_earlier_measurements(tmp_path):
         (runs / folder).mkdir(parents=True)
         (runs / folder / "done.json").write_text(json.dumps(
             {"stage": stage, "wall_time_s": wall, "finished_at": f"2026-12-01T{finished}+00:00"}))
-    times = bench.stage_times(tmp_path / "runs", t0)
+    times = bench_e2e.stage_times(tmp_path / "runs", t0)
     # the shared phase ends with pairs: r_phi is one of the parallel jobs
     assert list(times["phase_seconds"].values()) == [600.0]
     assert times["stage_seconds"] == {"method evaluate": 20.0, "method train": 300.0, "pairs": 30.0,
                                       "reward_model": 200.0, "sft": 480.0}
     out = tmp_path / "out"
     for sha, seconds in (("a" * 40, 3000.0), ("b" * 40, 1860.0)):
-        bench.write_e2e(out, {"command": "make reproduce-sentiment", "seconds": seconds, "git_sha": sha,
+        bench_e2e.write_e2e(out, {"command": "make reproduce-sentiment", "seconds": seconds, "git_sha": sha,
                               "finished_at": "2026-12-01T09:31:00+00:00", "machine": "Machine: test.", **times})
     (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
     assert record["git_sha"] == "b" * 40 and [h["git_sha"] for h in record["history"]] == ["a" * 40]
@@ -79,16 +80,16 @@ def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
     import pytest
     with pytest.raises(SystemExit, match="make bench-e2e"):  # nothing to continue
         bench.main(["--seeds", "--out", str(out)])
-    bench.write_e2e(out, {"command": "make reproduce-sentiment", "seconds": 1500.0, "git_sha": "c" * 40,
+    bench_e2e.write_e2e(out, {"command": "make reproduce-sentiment", "seconds": 1500.0, "git_sha": "c" * 40,
                           "finished_at": "2026-12-01T10:00:00+00:00", "machine": "Machine: test.",
                           "stage_seconds": {"sft": 280.0}, "phase_seconds": {}})
     (runs / "sentiment" / "embedded" / "seed0" / "dpo_beta0.1").mkdir(parents=True)
     (runs / "sentiment" / "embedded" / "seed0" / "dpo_beta0.1" / "done.json").write_text("{}")
     from types import SimpleNamespace
     calls, clock = [], iter([100.0, 1300.0])
-    monkeypatch.setattr(bench, "subprocess", SimpleNamespace(run=lambda cmd, check: calls.append(cmd)))
-    monkeypatch.setattr(bench, "time", SimpleNamespace(time=lambda: next(clock)))
-    monkeypatch.setattr(bench, "git_sha", lambda: "d" * 40)
+    monkeypatch.setattr(bench_e2e, "subprocess", SimpleNamespace(run=lambda cmd, check: calls.append(cmd)))
+    monkeypatch.setattr(bench_e2e, "time", SimpleNamespace(time=lambda: next(clock)))
+    monkeypatch.setattr(bench_e2e, "git_sha", lambda: "d" * 40)
     bench.main(["--seeds", "--out", str(out), "--make-args", "JOBS=2"])
     assert calls == [["make", "reproduce-sentiment-seeds", "JOBS=2"]]
     (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
@@ -111,21 +112,22 @@ def test_index_puts_every_record_on_one_page_against_the_target(tmp_path):
     step = {"model": {"n_layer": 3, "n_embd": 128}, "vocab": 2048, "n_params": 873600, "results": {
         "dpo_step_32_pairs": {"median_s": 0.5, "repeats": 5, "tokens": 2000}, "ppo_step": {"median_s": 2.0}}}
     (out / "cpu-2threads.json").write_text(json.dumps(step))
-    text = bench.write_index(out).read_text()
+    text = bench_e2e.write_index(out).read_text()
     assert "| [e2e-cpu-2cores](bench/e2e-cpu-2cores.md) | **25.8** | met | 65.5 | `eeeeeeeeee` |" in text
     assert "| [e2e-cpu-16cores](bench/e2e-cpu-16cores.md) | **31.7** |  | not measured |" in text
     assert "| dpo_step_32_pairs | 0.5 (4000) |" in text and "| ppo_step | 2.0 |" in text
     assert "GPT-2 3x128, vocab 2048, 0.87M parameters" in text and "No GPU record yet" in text
     (out / "e2e-cpu-2cores.json").write_text(json.dumps({**run, "seconds": 1860.0}))
-    assert "| **31.0** | missed | not measured |" in bench.write_index(out).read_text()
+    assert "| **31.0** | missed | not measured |" in bench_e2e.write_index(out).read_text()
     step_gpu = {**step, "results": {"dpo_step_32_pairs": {"median_s": 0.01, "repeats": 5, "tokens": 2000},
                                     "dpo_step_32_pairs_bf16": {"median_s": 0.005, "tokens": 2000, "mfu": 0.25}}}
     (out / "NVIDIA_H200.json").write_text(json.dumps(step_gpu))
-    text = bench.write_index(out).read_text()
+    text = bench_e2e.write_index(out).read_text()
     assert "No GPU record yet" not in text and "| dpo_step_32_pairs | 0.01 (200000) | 0.5 (4000) |" in text
     assert "| dpo_step_32_pairs_bf16 | 0.005 (400000, MFU 25.0 %) |  |" in text
 
 
+@pytest.mark.heavy  # minutes of training or timing: make test runs it, make test-fast does not
 def test_another_shape_gets_its_own_record_and_gpus_their_peak(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     bench.main(["--out", str(out), "--repeats", "1", "--eval-prefixes", "4",

@@ -11,7 +11,7 @@ from pipelines.infra.io import UserError
 from pipelines.lm.models import train_tokenizer
 from pipelines.tasks import data
 from pipelines.tasks.prefixes import make_prefixes
-from tests.conftest import review_rows, write_reviews
+from tests.helpers import review_rows, write_reviews
 
 
 def test_local_formats_and_label_spellings(tmp_path):

@@ -1,4 +1,4 @@
-"""Dense logits (pipelines/lm_head.py) against TRL's fused LM head: the same per-token fields, loss and gradients,
+"""Dense logits (pipelines/lm/lm_head.py) against TRL's fused LM head: the same per-token fields, loss and gradients,
 and the same training through TRL's DPO and SFT trainers."""
 import copy
 

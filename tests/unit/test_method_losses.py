@@ -94,7 +94,7 @@ def test_unlikelihood_loss_on_hand_made_probabilities():
 
 
 def test_unlikelihood_trainer_loss_equals_the_loss_on_full_logits(tiny):
-    # The trainer scores only the completion positions (pipelines/lm_head.py); same loss as on (B, T, V) logits.
+    # The trainer scores only the completion positions (pipelines/lm/lm_head.py); same loss as on (B, T, V) logits.
     from transformers import TrainingArguments
 
     from baselines.unlikelihood import UnlikelihoodTrainer
@@ -166,7 +166,7 @@ def test_likelihood_methods_train_without_dropout_as_dpo(tiny, monkeypatch, meth
     import json
 
     from baselines import preferred_ft, unlikelihood
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     tok, _, _, tmp = tiny
     root = tmp.mktemp(method)

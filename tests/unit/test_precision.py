@@ -8,7 +8,7 @@ from baselines.ppo import PPO, ValueModel
 from pipelines.infra import device
 from pipelines.infra.device import trainer_precision, use_bf16
 from pipelines.infra.io import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture

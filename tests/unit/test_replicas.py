@@ -1,4 +1,4 @@
-"""Data-parallel helpers of our own loops (pipelines/distributed.py: Replicas) in two real gloo processes, and the
+"""Data-parallel helpers of our own loops (pipelines/infra/distributed.py: Replicas) in two real gloo processes, and the
 identity they are in a single process: sums, means, whitening of a batch split over processes, DDP gradient
 averaging and the check that catches replicas whose weights diverged."""
 import os

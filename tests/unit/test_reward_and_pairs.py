@@ -1,9 +1,9 @@
 """r*: saved without pickle, not bought by filler or length; pairs: ranking, ties."""
 import pytest
 
-from pipelines.stages.pairs import rank_pairs
 from pipelines.tasks.gold_reward import TfidfLogReg, accuracy, features
-from tests.conftest import review_rows
+from pipelines.tasks.sentiment import rank_pairs
+from tests.helpers import review_rows
 
 
 @pytest.fixture(scope="module")

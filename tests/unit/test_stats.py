@@ -18,6 +18,7 @@ from analysis.stats import (
     holm,
     last_kl,
     paired_comparison,
+    reach,
     validation_front,
     verdict_sentence,
 )
@@ -88,12 +89,27 @@ def test_front_curve_sft_only_front_is_all_nan():
 
 
 def test_front_curve_of_validation_front_end_to_end():
-    # The seed's furthest checkpoint (KL 9) is off the validation front, so budget 8 is not measured.
+    # The seed's furthest checkpoint (KL 9) is off the validation front: without the reach, budget 8 is not measured.
     pts = _points([("sft", 0, 0.5, 0.0, 0.5), ("dpo", 1, 0.7, 0.9, 0.72), ("dpo", 4, 0.9, 4.2, 0.95),
                    ("dpo", 9, 0.85, 9.0, 1.2)])
     got = front_curve(validation_front(pts), BUDGETS)
     assert np.isnan(got[0]) and np.isnan(got[4])
     np.testing.assert_allclose(got[1:4], np.interp([1, 2, 4], [0.9, 4.2], [0.72, 0.95]))
+    # With it: the seed went to KL 9, and its best policy within KL <= 8 is the last front point (KL 4.2, .95).
+    assert reach(pts) == 9.0
+    with_reach = front_curve(validation_front(pts), BUDGETS, reach(pts))
+    np.testing.assert_allclose(with_reach[1:], [*np.interp([1, 2, 4], [0.9, 4.2], [0.72, 0.95]), 0.95])
+
+
+def test_front_curve_is_flat_up_to_the_reach_and_nan_beyond_it():
+    # A run that hacked its reward: its checkpoints at KL 3 and 6 score below its KL-1 point, so the front ends at
+    # KL 1; within budgets up to its reach (6) its best policy is still the KL-1 one; beyond 6 nothing was measured.
+    pts = _points([("sft", 0, 0.5, 0.0, 0.5), ("ppo", 1, 0.7, 1.0, 0.7), ("ppo", 3, 0.4, 3.0, 0.4),
+                   ("ppo", 6, 0.3, 6.0, 0.3)])
+    front = validation_front(pts)
+    assert last_kl(front) == 1.0
+    np.testing.assert_allclose(front_curve(front, [1, 2, 4, 6, 8], reach(pts)), [0.7, 0.7, 0.7, 0.7, np.nan])
+    np.testing.assert_allclose(front_curve(front, [1, 2]), [0.7, np.nan])  # the front alone ends at its last point
 
 
 # ----------------------------------------------------------------------------------------------- paired tests
@@ -293,7 +309,7 @@ def test_verdict_sentence_claim_holds_fails_or_is_undecided():
     assert "across 6 full-pipeline seeds" in holds and "α = 0.05" in holds
 
     undecided = verdict_sentence({"ppo": dominates, "ppo_gt": same}, NAMES)
-    assert "is not distinguishable from PPO-GT's at this scale" in undecided
+    assert "is not distinguishable from PPO-GT's (compared at" in undecided
     assert "is undecided at this scale" in undecided
 
     fails = verdict_sentence({"ppo": mixed, "ppo_gt": dominates}, NAMES)

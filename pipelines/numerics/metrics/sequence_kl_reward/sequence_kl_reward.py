@@ -1,6 +1,6 @@
 """One frontier point from per-sample values: mean reward and the sequence-level KL(pi || pi_ref), each with its
 standard error, and n. An `evaluate` metric module kept in the repo (Hub metrics are unreachable offline):
-load it with `evaluate.load("pipelines/metrics/sequence_kl_reward")`.
+load it with `evaluate.load("pipelines/numerics/metrics/sequence_kl_reward")`.
 
 KL(pi || pi_ref) = E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)] is estimated by the mean over samples drawn from pi
 of the sequence log-ratio (sum over completion tokens, EOS included). s.e. = sample sd / sqrt(n).
