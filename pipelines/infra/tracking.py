@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
 
 
 def trainer_report_to(cfg: DictConfig, out_dir: Path, run_name: str) -> list[str]:
@@ -49,10 +52,23 @@ class JsonlMetrics(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+# Written last by transformers' Trainer._save_checkpoint (after weights, optimizer, scheduler and RNG state): a
+# checkpoint folder without it was cut off mid-write (a kill while saving) and cannot be resumed from.
+TRAINER_STATE = "trainer_state.json"
+
+
 def latest_checkpoint(folder: Path) -> str | None:
-    """The newest Trainer checkpoint-N folder under `folder`, for resume_from_checkpoint."""
-    ckpts = sorted(Path(folder).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    """The newest complete Trainer checkpoint-N folder under `folder`, for resume_from_checkpoint. A folder the
+    Trainer did not finish writing (no trainer_state.json) is skipped with a warning: the run resumes from the one
+    before it (or from the start), and the Trainer writes that step's checkpoint again when it gets there."""
+    ckpts = sorted((p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in ckpts if (p / TRAINER_STATE).is_file()]
+    newest = complete[-1] if complete else None
+    for torn in ckpts[ckpts.index(newest) + 1:] if newest else ckpts:
+        log.warning("%s was cut off while being written (no %s): resuming from %s", torn, TRAINER_STATE,
+                    newest.name if newest else "the start")
+    return str(newest) if newest else None
 
 
 def finish_wandb() -> None:
