@@ -467,8 +467,9 @@ def run_sweep(args, exp: DictConfig, methods: list[str], seeds: list[int], n_job
             continue
         cfg = seed_jobs[0].cfg
         seed_base = [*base, f"seed={seed}"]
-        _run(command(prefix, [*seed_base, f"pipeline=[{','.join(stages)}]"], args.threads),
-             logs / f"seed{seed}_pipeline.log", f"seed {seed} pipeline", echo)
+        took = _run(command(prefix, [*seed_base, f"pipeline=[{','.join(stages)}]"], args.threads),
+                    logs / f"seed{seed}_pipeline.log", f"seed {seed} pipeline", echo)
+        print(f"[seed {seed} pipeline] done in {minutes(took)}", flush=True)
         pipeline_dir = Path(cfg.paths.pipeline)
         if ledger:
             record(cfg, seed, [pipeline_dir / s for s in PIPELINE_STAGES if s != "reward_model"]
