@@ -2,7 +2,8 @@
 winrate_vs_temperature[_<judge>].png, and the summary's win-rate section.
 
 Reads runs/<task>/<preset>/seed*/<run>/winrate/<judge>/winrates.json (pipelines/stages/winrate.py). Seeds of the same
-(method, setting) are averaged; the interval is the 95 % t-interval across seeds (one seed: ± its binomial s.e.).
+(method, setting) are averaged; the interval is the 95 % t-interval across seeds (one seed, or seeds that all scored
+the same: the Wilson interval of the pooled comparisons).
 """
 from __future__ import annotations
 
@@ -16,15 +17,42 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import binomtest  # noqa: E402
 
 from analysis import cost, names, report  # noqa: E402
 from analysis.intervals import t975  # noqa: E402
 from analysis.load import _done, _finals, load_points, load_winrates  # noqa: E402
 
 
+def wilson(wins: float, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion (scipy): it stays inside [0, 1] and does not collapse to a
+    point at 0 or 1 wins, as the Wald interval p ± 1.96 s.e. does ("1.000 ± 0.000")."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(round(wins)), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def interval(rates: pd.Series, ns: pd.Series) -> tuple[float, float]:
+    """95 % interval of the mean win rate of a setting's seeds: the t-interval across seeds (clipped to [0, 1]); with
+    one seed, or seeds that all scored exactly the same (no across-seed spread to measure), the Wilson interval of
+    their comparisons pooled."""
+    n = len(rates)
+    mean = float(rates.mean())
+    sd = float(rates.std(ddof=1)) if n >= 2 else 0.0
+    if n >= 2 and sd > 0:
+        half = t975(n - 1) * sd / math.sqrt(n)
+        return max(0.0, mean - half), min(1.0, mean + half)
+    return wilson(float((rates * ns).sum()), int(ns.sum()))
+
+
+def _cell(row) -> str:
+    return f"{row.win_rate:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+
+
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (judge, split, method, param, temperature): seeds, mean win rate, 95 % half-width across seeds
-    (one seed: 1.96 x its binomial s.e.), total invalid answers."""
+    """One row per (judge, split, method, param, temperature): seeds, mean win rate, its 95 % interval (`interval`;
+    half_width: the larger distance from the mean, for the plots), total invalid answers."""
     if "split" not in df:  # a table from before the out-of-distribution split: all test prompts
         df = df.assign(split="test")
     out = []
@@ -32,11 +60,10 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
                                                              dropna=False):
         n = len(g)
         mean = float(g.win_rate.mean())
-        half = (t975(n - 1) * float(g.win_rate.std(ddof=1)) / math.sqrt(n)) if n >= 2 \
-            else 1.96 * float(g.win_rate_se.iloc[0])
+        low, high = interval(g.win_rate, g.n)
         out.append({"judge": judge, "split": split, "method": method, "param": param, "temperature": temp, "seeds": n,
-                    "win_rate": mean, "half_width": half, "n_per_seed": int(g.n.min()),
-                    "n_invalid": int(g.n_invalid.sum())})
+                    "win_rate": mean, "ci_low": low, "ci_high": high, "half_width": max(mean - low, high - mean),
+                    "n_per_seed": int(g.n.min()), "n_invalid": int(g.n_invalid.sum())})
     return pd.DataFrame(out)
 
 
@@ -78,11 +105,12 @@ def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict
         seeds = int(g.seeds.max())
         label = names.run_label(method, g.param.iloc[0]) + f" ({seeds} seed{'s' if seeds > 1 else ''})"
         if len(g) == 1:  # sentiment's Best-of-N: temperature 1 only
-            ax.errorbar(g.temperature, g.win_rate, yerr=g.half_width, fmt="s", color=names.color(method), capsize=3,
+            ax.errorbar(g.temperature, g.win_rate, yerr=[g.win_rate - g.ci_low, g.ci_high - g.win_rate], fmt="s",
+                        color=names.color(method), capsize=3,
                         label=label)
         else:
             ax.plot(g.temperature, g.win_rate, "-o", ms=4, color=names.color(method), label=label)
-            ax.fill_between(g.temperature, g.win_rate - g.half_width, g.win_rate + g.half_width,
+            ax.fill_between(g.temperature, g.ci_low, g.ci_high,
                             color=names.color(method), alpha=0.12, lw=0)
     ax.axhline(0.5, color="0.4", lw=0.8, ls=":")
     ax.set_xlabel("sampling temperature")
@@ -118,7 +146,8 @@ def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = Fal
                "pairwise against the reference completion of the same prefix; A/B order randomised per comparison. "
                "Best-of-N: its temperature-1 selections only.")
     lines = ["## Win rates against " + reference, "",
-             how + " Mean over seeds ± 95 % t-interval across seeds (one seed: ± 1.96 binomial s.e.); per method "
+             how + " Mean over seeds [95 % interval]: the t-interval across seeds, or, for one seed or seeds that "
+             "all scored the same, the Wilson interval of their comparisons pooled; per method "
              + ("the setting whose final checkpoints have the highest mean r* on the validation prefixes (chosen "
                 "without looking at these test win rates)" if chosen else
                 "the setting with the best mean over temperatures")
@@ -133,7 +162,7 @@ def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = Fal
                   *report.table_head(["method", "setting", "seeds", *(f"T={t:g}" for t in temps)])]
         for method in _ordered(best.method):
             b = best[best.method == method].set_index("temperature")
-            cells = [f"{b.win_rate[t]:.3f} ± {b.half_width[t]:.3f}" if t in b.index else "" for t in temps]
+            cells = [_cell(b.loc[t]) if t in b.index else "" for t in temps]
             param = b.param.iloc[0]
             lines.append(f"| {names.display_name(method)} | {'' if pd.isna(param) else f'{param:g}'} | "
                          f"{int(b.seeds.max())} | " + " | ".join(cells) + " |")
@@ -145,7 +174,7 @@ def summary_lines(agg: pd.DataFrame, reference: str, prompt_response: bool = Fal
                   *report.table_head(["judge", "method", "setting", "seeds", "win rate", "n"])]
         for (judge, method, param), b in ood.groupby(["judge", "method", "param"], dropna=False):
             lines.append(f"| {judge} | {names.display_name(method)} | {'' if pd.isna(param) else f'{param:g}'} | "
-                         f"{int(b.seeds.max())} | {b.win_rate.iloc[0]:.3f} ± {b.half_width.iloc[0]:.3f} | "
+                         f"{int(b.seeds.max())} | {_cell(b.iloc[0])} | "
                          f"{int(b.n_per_seed.iloc[0])} |")
         lines.append("")
     return lines

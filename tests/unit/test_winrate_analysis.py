@@ -26,10 +26,28 @@ def test_seeds_are_averaged_with_a_t_interval():
     row = agg.loc[("dpo", 0.1, 0.0)]
     # .60, .70, .80: mean .70, sd .10, half-width 4.303 * .10 / sqrt(3) = .24843
     assert row.seeds == 3 and row.win_rate == pytest.approx(0.70)
-    assert row.half_width == pytest.approx(4.302653 * 0.10 / math.sqrt(3))
+    half = 4.302653 * 0.10 / math.sqrt(3)
+    assert row.ci_low == pytest.approx(0.70 - half) and row.ci_high == pytest.approx(0.70 + half)
     assert agg.loc[("dpo", 0.1, 1.0)].n_invalid == 3  # one invalid answer per seed, summed
-    # one seed: 1.96 x its binomial s.e.
-    assert agg.loc[("ppo", 4.0, 0.0)].half_width == pytest.approx(1.96 * 0.049)
+    # one seed: the Wilson interval of its 100 comparisons (40 wins), scipy's; not the Wald interval .40 ± .096
+    ppo = agg.loc[("ppo", 4.0, 0.0)]
+    z, p, n = 1.959964, 0.40, 100  # Wilson by hand: centre (p + z²/2n) / (1 + z²/n), half-width below
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (ppo.ci_low, ppo.ci_high) == pytest.approx((centre - half, centre + half), abs=1e-5)  # .3094, .4980
+
+
+def test_a_win_rate_of_zero_or_one_keeps_an_interval():
+    rows = [("oracle", "ppo_gt", 8.0, s, 1.0, 1.0, 0.0, 50, 0) for s in range(3)]  # three seeds, 50 of 50 each
+    rows += [("oracle", "dpo", 0.1, 0, 1.0, 0.0, 0.0, 40, 0)]  # one seed, 0 of 40
+    df = pd.DataFrame(rows, columns=["judge", "method", "param", "seed", "temperature", "win_rate", "win_rate_se",
+                                     "n", "n_invalid"])
+    agg = aggregate(df).set_index("method")
+    # identical seeds carry no across-seed spread: the pooled 150 comparisons give the Wilson interval
+    assert agg.loc["ppo_gt"].ci_high == 1.0 and 0.97 < agg.loc["ppo_gt"].ci_low < 0.98
+    assert agg.loc["dpo"].ci_low == 0.0 and 0.08 < agg.loc["dpo"].ci_high < 0.09
+    text = "\n".join(summary_lines(agg.reset_index(), "SFT completion"))
+    assert "± 0.000" not in text and "1.000 [0.975, 1.000]" in text
 
 
 def test_the_plotted_setting_is_the_best_mean_over_temperatures():
@@ -42,8 +60,8 @@ def test_the_plotted_setting_is_the_best_mean_over_temperatures():
 def test_summary_table_cells():
     text = "\n".join(summary_lines(aggregate(table()), "SFT completion"))
     assert "## Win rates against SFT completion" in text and "**Judge: oracle** (7 invalid answers in all)" in text
-    assert "| DPO | 0.1 | 3 | 0.700 ± 0.248 | 0.600 ± 0.248 |" in text
-    assert "| Best-of-N | 128 | 1 |  | 0.660 ± 0.092 |" in text
+    assert "| DPO | 0.1 | 3 | 0.700 [0.452, 0.948] | 0.600 [0.352, 0.848] |" in text
+    assert "| Best-of-N | 128 | 1 |  | 0.660 [0.563, 0.745] |" in text
 
 
 def test_write_reads_stage_outputs_and_plots(tmp_path):
