@@ -11,6 +11,7 @@ The paper's rebuttal claims DPO needs ~5-8x less compute time and at most half t
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import matplotlib
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment")
     ap.add_argument("--preset", default="embedded")
-    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--runs", default=os.environ.get("RVD_RUNS", "runs"))
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
     out_dir = Path(args.out) / args.task / args.preset

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -328,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment")
     ap.add_argument("--preset", default="embedded")
-    ap.add_argument("--runs", default="runs", help="root of the training outputs (paths.root)")
+    ap.add_argument("--runs", default=os.environ.get("RVD_RUNS", "runs"),
+                    help="root of the training outputs (paths.root; default $RVD_RUNS, else runs)")
     ap.add_argument("--out", default="results", help="root of the committed results")
     ap.add_argument("--command", default="(not given)", help="the command that produced the runs, for provenance")
     ap.add_argument("--examples", type=int, default=3, help="held-out prefixes shown with completions")

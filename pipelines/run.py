@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bar
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from baselines import best_of_n, ppo, preferred_ft, rloo, unlikelihood  # noqa: E402
 from pipelines import dpo  # noqa: E402
@@ -38,6 +38,7 @@ from pipelines.tasks.registry import task_of  # noqa: E402
 from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 OFFLINE_INPUTS = ("sft", "pairs")
 
@@ -176,7 +177,41 @@ def check(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.pipeline if s not in STAGES]
     if unknown:
         raise UserError(f"pipeline: unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    validate(cfg, METHODS[cfg.method.name])
+    wrong = _wrong_types(cfg.method)
+    if wrong:
+        raise UserError("bad config (nothing was run): " + "; ".join(wrong))
+    try:
+        validate(cfg, METHODS[cfg.method.name])
+    except (TypeError, ValueError) as err:  # a value of the wrong type that _wrong_types does not know of
+        raise UserError(f"bad config (nothing was run): a setting has the wrong type ({err}); check the values of "
+                        "your overrides") from None
+
+
+def _method_defaults(name: str) -> dict:
+    """conf/method/<name>.yaml as written, with the file it extends (its defaults list) underneath."""
+    path = CONF / "method" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    base: dict = {}
+    for parent in raw.pop("defaults", []) or []:
+        if isinstance(parent, str) and parent != "_self_":
+            base.update(_method_defaults(parent))
+    return {**base, **raw}
+
+
+def _wrong_types(method: DictConfig) -> list[str]:
+    """method.<key>=<text> where conf/method/<name>.yaml has a number: one line each (a traceback otherwise)."""
+    def walk(defaults: dict, node, prefix: str) -> list[str]:
+        wrong = []
+        for key, default in defaults.items():
+            value = node.get(key) if isinstance(node, DictConfig) else None
+            if isinstance(default, dict):
+                wrong += walk(default, value, f"{prefix}{key}.")
+            elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+                wrong.append(f"{prefix}{key}={value} must be a number (default {default})")
+        return wrong
+    return walk(_method_defaults(str(method.name)), method, "method.")
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, str]:
