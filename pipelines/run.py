@@ -227,6 +227,18 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     return hashes
 
 
+def several_methods(argv: list[str]) -> str | None:
+    """The `method=a,b` override of a multirun command line, if it names several methods: each method's preset grid
+    sets its own keys (DPO's beta, PPO's KL target), which one Hydra sweep cannot combine."""
+    if not {"-m", "--multirun"} & set(argv):
+        return None
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "method" and ("," in value or value.startswith(("choice(", "range(", "glob("))):
+            return arg
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
@@ -237,5 +249,17 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def refuse_several_methods(argv: list[str]) -> None:
+    """Before Hydra composes a multirun (it would fail on the second method with "Could not override
+    'method.beta'"): one line saying how to sweep several methods, exit code 2."""
+    arg = several_methods(argv)
+    if arg:
+        print(f"error: {arg}: one multirun sweeps one method's grid (each method's preset sets its own keys); sweep "
+              "several methods with `python -m pipelines.sweep --experiment <experiment> --methods a b` (or `make "
+              "sweep EXPERIMENT=<experiment> METHODS=\"a b\"`)", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    refuse_several_methods(sys.argv[1:])
     main()

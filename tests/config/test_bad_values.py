@@ -21,3 +21,26 @@ def test_a_text_where_a_number_belongs_names_the_key(overrides, message):
 def test_a_wrong_type_the_defaults_do_not_know_still_gives_one_line():
     with pytest.raises(UserError, match="a setting has the wrong type"):
         check(compose_cfg(["experiment=sentiment_embedded", "task.pairs.n_prompts=many"]))
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["-m", "method=dpo,ppo"], "method=dpo,ppo"),
+    (["--multirun", "experiment=smoke", "method=choice(dpo,ipo)"], "method=choice(dpo,ipo)"),
+    (["-m", "method=ppo"], None),  # one method: its own preset grid
+    (["method=dpo,ppo"], None),  # not a multirun: Hydra itself refuses a list
+    (["-m", "method.beta=0.1,1"], None),  # a grid of one method's key
+])
+def test_a_multirun_over_several_methods_is_refused_before_hydra_composes_it(argv, refused):
+    from pipelines.run import several_methods
+
+    assert several_methods(argv) == refused
+
+
+def test_the_refusal_is_one_line_and_exit_code_2(capsys):
+    from pipelines.run import refuse_several_methods
+
+    with pytest.raises(SystemExit) as stop:
+        refuse_several_methods(["-m", "method=dpo,ipo"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pipelines.sweep" in err and "--methods a b" in err
