@@ -13,6 +13,7 @@ analysis.load's, the summary's sections analysis.report's, method names and colo
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from pathlib import Path
@@ -238,6 +239,8 @@ def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
+    # vector copy for papers (no creation date, so an unchanged figure gives an unchanged file)
+    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})
     plt.close(fig)
 
 
@@ -325,6 +328,37 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
     return "\n".join(out + report.step_costs(run_root))
 
 
+def _plain(x):
+    """JSON-ready: numpy scalars to Python numbers, NaN to null, tables to lists of rows."""
+    if isinstance(x, pd.DataFrame):
+        return [_plain(r) for r in x.to_dict(orient="records")]
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if np.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def results_json(df: pd.DataFrame, task: str, preset: str, command: str) -> dict:
+    """The summary's numbers in one machine-readable file (results.json): the verdict, each comparison's per-budget
+    tests and bootstrap stability, the budgets left out and why, and each method's mean test r* at each budget."""
+    sentence, results = verdict(df)
+    claim = next((c for c in ("does not hold", "holds", "is undecided") if f"{c} here" in sentence
+                  or f"{c} at this scale" in sentence), "no verdict")
+    return _plain({
+        "task": task, "preset": preset, "command": command, "git_sha": report.git_sha(),
+        "budgets_are": "KL <= b: each seed's best validation-chosen checkpoint within b (analysis.stats.front_curve)",
+        "claim": claim.replace("is ", ""), "verdict": sentence,
+        "comparisons": {f"dpo_vs_{m}": {"relation": r["relation"], "n_seeds": r["n_seeds"], "seeds": r["seeds"],
+                                       "alpha": r["alpha"], "stability": r["stability"], "left_out": r["left_out"],
+                                       "budgets": r["compared"]} for m, r in results.items()},
+        "matched_kl": seed_table(df), "n_points": len(df)})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment")
@@ -346,7 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
                                                 lines) + "\n".join(cost_lines))
-    print(f"wrote {out_dir}/frontier.csv, frontier.png, frontier_runs.png, summary.md ({len(df)} points)")
+    (out_dir / "results.json").write_text(json.dumps(results_json(df, args.task, args.preset, args.command),
+                                                     indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {out_dir}/frontier.csv, frontier.png (.pdf), frontier_runs.png, summary.md, results.json "
+          f"({len(df)} points)")
 
 
 if __name__ == "__main__":

@@ -214,8 +214,30 @@ def _wrong_types(method: DictConfig) -> list[str]:
     return walk(_method_defaults(str(method.name)), method, "method.")
 
 
+def canonical_numbers(cfg: DictConfig) -> DictConfig:
+    """Give every method setting the number type conf/method/<name>.yaml declares it with, where that loses nothing:
+    `method.beta=1` becomes 1.0 (as β's default 0.1 is a float) and `method.kl.target=8.0` becomes 8, so that `1` and
+    `1.0` are one run, with one tag, one folder and one stage hash. In place; returns cfg."""
+    def walk(defaults: dict, node) -> None:
+        if not isinstance(node, DictConfig):
+            return
+        for key, default in defaults.items():
+            value = node.get(key)
+            if isinstance(default, dict):
+                walk(default, value)
+            elif isinstance(value, bool) or isinstance(default, bool) or value is None:
+                continue
+            elif isinstance(default, float) and isinstance(value, int):
+                node[key] = float(value)
+            elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
+                node[key] = int(value)
+    walk(_method_defaults(str(cfg.method.name)), cfg.method)
+    return cfg
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     """Check, then run every stage of cfg.pipeline. Returns the stage hashes."""
+    canonical_numbers(cfg)
     check(cfg)
     torch.set_num_threads(cfg.threads)
     set_attn_implementation(cfg.model.get("attn_implementation"))

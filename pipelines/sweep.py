@@ -109,8 +109,12 @@ def split_names(values) -> list[str]:
 
 
 def compose_cfg(overrides: list[str], hydra_node: bool = False) -> DictConfig:
+    """The config a `python -m pipelines.run <overrides>` job runs with (numbers in their canonical type)."""
+    from pipelines.run import canonical_numbers
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=hydra_node)
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=hydra_node)
+    return canonical_numbers(cfg)
 
 
 def grid(experiment: str, method: str, extra: list[str]) -> list[list[str]]:

@@ -44,3 +44,21 @@ def test_the_refusal_is_one_line_and_exit_code_2(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pipelines.sweep" in err and "--methods a b" in err
+
+
+@pytest.mark.parametrize("method, one, other, tag", [
+    ("dpo", "method.beta=1", "method.beta=1.0", "dpo_beta1.0"),
+    ("ppo", "method.kl.target=8", "method.kl.target=8.0", "ppo_kl8"),
+    ("unlikelihood", "method.alpha=1", "method.alpha=1.0", None),
+])
+def test_one_number_two_spellings_is_one_run(method, one, other, tag):
+    from pipelines.run import STAGES
+    from pipelines.sweep import compose_cfg as job_cfg
+    from pipelines.sweep import plan_hash
+
+    a = job_cfg(["experiment=sentiment_embedded", f"method={method}", one])
+    b = job_cfg(["experiment=sentiment_embedded", f"method={method}", other])
+    assert a.method.tag == b.method.tag and a.paths.method == b.paths.method
+    assert plan_hash(a, STAGES, "evaluate") == plan_hash(b, STAGES, "evaluate")
+    if tag:
+        assert a.method.tag == tag

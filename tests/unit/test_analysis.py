@@ -174,3 +174,23 @@ def test_plots_are_written_with_best_of_n_and_several_seeds(tmp_path):
     plot_frontier(df, tmp_path / "front.png", "test")
     plot_runs(df, tmp_path / "runs.png", "test")
     assert (tmp_path / "front.png").stat().st_size > 10_000 and (tmp_path / "runs.png").stat().st_size > 10_000
+
+
+def test_results_json_carries_the_verdict_and_every_test(tmp_path):
+    import json
+
+    from analysis.frontier import results_json
+
+    df = ten_seeds(0.05)
+    out = results_json(df, "sentiment", "embedded", "make reproduce-sentiment-seeds")
+    text = json.dumps(out)  # plain JSON: no numpy types, NaN as null
+    assert "NaN" not in text and out["command"] == "make reproduce-sentiment-seeds"
+    # only PPO is present: DPO dominates it, which is all the claim asks of the rivals present
+    assert out["claim"] == "holds" and list(out["comparisons"]) == ["dpo_vs_ppo"]
+    c = out["comparisons"]["dpo_vs_ppo"]
+    assert c["relation"] == "dominates" and c["n_seeds"] == 10 and c["stability"]["stability"] > 0.95
+    # 0.5 is below every seed's first checkpoint (0.8), 8 beyond every seed's reach (4): left out, with reasons
+    assert [b["budget"] for b in c["budgets"]] == [1.0, 2.0, 4.0]
+    assert [x["budget"] for x in c["left_out"]] == [0.5, 8.0] and all(x["reason"] for x in c["left_out"])
+    assert all({"mean_diff", "ci_low", "ci_high", "p_holm", "mdd", "sign"} <= set(b) for b in c["budgets"])
+    assert {r["method"] for r in out["matched_kl"]} == {"dpo", "ppo"}
