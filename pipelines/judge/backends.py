@@ -81,15 +81,25 @@ class Judge(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------- OpenAI-compatible
+TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
+
+
 class OpenAIJudge:
     """Chat completions via the `openai` SDK, greedy (temperature 0), SDK retries off (the runner retries)."""
 
     name = "openai"
     cacheable = True
 
-    def __init__(self, model: str, base_url: str, api_key_env: str | None, *, require_key: bool = True,
-                 temperature: float = 0.0, max_tokens: int = 128, timeout: float = 60.0):
+    def __init__(self, model: str, base_url: str | None, api_key_env: str | None, *, require_key: bool = True,
+                 temperature: float = 0.0, max_tokens: int = 128, timeout: float = 60.0,
+                 token_limit_param: str = "max_tokens"):
+        # base_url None: the SDK's own choice ($OPENAI_BASE_URL, else https://api.openai.com/v1)
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
+        # The request field of the completion-token cap: OpenAI's reasoning models refuse max_tokens and take
+        # max_completion_tokens (which OpenAI's other models take too); many other servers know only max_tokens.
+        if token_limit_param not in TOKEN_LIMIT_PARAMS:
+            raise UserError(f"judge.token_limit_param must be one of {TOKEN_LIMIT_PARAMS}, got '{token_limit_param}'")
+        self.token_limit_param = token_limit_param
         self.require_key, self.temperature = require_key, temperature
         self.max_tokens, self.timeout = max_tokens, timeout
         # One connection pool shared by all calls and threads. It carries no credentials: the key goes into a
@@ -99,7 +109,7 @@ class OpenAIJudge:
 
     def __repr__(self) -> str:
         return (f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
-                f"max_tokens={self.max_tokens}, timeout={self.timeout})")
+                f"{self.token_limit_param}={self.max_tokens}, timeout={self.timeout})")
 
     def __getstate__(self) -> dict:
         # The pool and lock cannot be pickled; a copy makes its own on first use.
@@ -135,7 +145,7 @@ class OpenAIJudge:
         try:
             resp = client.chat.completions.create(
                 model=self.model, messages=[{"role": "user", "content": request.rendered}],
-                temperature=self.temperature, max_tokens=self.max_tokens)
+                temperature=self.temperature, **{self.token_limit_param: self.max_tokens})
             text = resp.choices[0].message.content or ""
         except openai.APIStatusError as err:
             message = _scrub(f"HTTP {err.status_code}: {err.message}", key)
@@ -339,9 +349,11 @@ def build_judge(cfg: DictConfig, reward: Callable[[list[str]], list[float]] | No
                 raise UserError("judge backend 'oracle' needs a reward function (r* for sentiment)")
             return OracleJudge(reward, model=str(cfg.model), with_prompt=bool(cfg.with_prompt))
         if backend == "openai":
-            return OpenAIJudge(str(cfg.model), str(cfg.base_url), cfg.api_key_env,
+            base_url = cfg.get("base_url")
+            return OpenAIJudge(str(cfg.model), None if base_url in (None, "") else str(base_url), cfg.api_key_env,
                                require_key=bool(cfg.require_key), temperature=float(cfg.temperature),
-                               max_tokens=int(cfg.max_tokens), timeout=float(cfg.timeout))
+                               max_tokens=int(cfg.max_tokens), timeout=float(cfg.timeout),
+                               token_limit_param=str(cfg.get("token_limit_param") or "max_tokens"))
         if backend == "local":
             path = Path(str(cfg.path))
             if cfg.gguf_file and not (path / cfg.gguf_file).is_file():

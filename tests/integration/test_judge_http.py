@@ -21,6 +21,7 @@ import pytest
 
 from pipelines.infra.io import UserError
 from pipelines.judge import Comparison, JudgeStopped, OpenAIJudge, load_template, run_judgments, win_rate
+from tests.helpers import ROOT
 
 KEY_ENV = "RVD_TEST_JUDGE_KEY"
 TEMPLATE = load_template("sentiment")
@@ -127,7 +128,7 @@ def test_good_answers_then_cached_rerun_makes_no_requests(server, api_key, tmp_p
     sent = srv.requests[0]
     assert sent["path"] == "/v1/chat/completions"
     assert sent["body"]["model"] == "judge-model" and sent["body"]["temperature"] == 0
-    assert sent["body"]["max_tokens"] == 64
+    assert sent["body"]["max_tokens"] == 64 and "max_completion_tokens" not in sent["body"]
     assert sent["headers"]["authorization"] == f"Bearer {api_key}"  # the key is sent, and only sent
 
     again = run_judgments(judge_for(srv), TEMPLATE, comps, cache_dir=tmp_path / "cache", seed=0, **FAST)
@@ -240,6 +241,21 @@ def test_keyless_server_gets_a_placeholder_key(server, monkeypatch, tmp_path):
     judge = OpenAIJudge("judge-model", srv.url, KEY_ENV, require_key=False)
     run_judgments(judge, TEMPLATE, comparisons(1), cache_dir=tmp_path, seed=0, **FAST)
     assert srv.requests[0]["headers"]["authorization"] == "Bearer EMPTY"
+
+
+def test_the_shipped_openai_config_follows_openai_base_url_and_sends_max_completion_tokens(server, api_key,
+                                                                                          monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipelines.judge import build_judge
+
+    srv = server()
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.url)  # a gateway set in the environment, as the SDK documents
+    cfg = OmegaConf.load(ROOT / "conf" / "judge" / "openai.yaml")
+    cfg.api_key_env = KEY_ENV
+    run_judgments(build_judge(cfg), TEMPLATE, comparisons(1), cache_dir=tmp_path, seed=0, **FAST)
+    body = srv.requests[0]["body"]
+    assert body["max_completion_tokens"] == 128 and "max_tokens" not in body and body["model"] == "gpt-4o-mini"
 
 
 def test_api_key_never_reaches_files_logs_or_the_judge(server, api_key, tmp_path, caplog, capsys):

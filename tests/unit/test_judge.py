@@ -322,13 +322,19 @@ def test_every_judge_config_loads_alone_and_builds(tmp_path):
     openai_judge = build_judge(OmegaConf.load(ROOT / "conf" / "judge" / "openai.yaml"))
     assert isinstance(openai_judge, OpenAIJudge) and isinstance(openai_judge, Judge)
     assert openai_judge.api_key_env == "OPENAI_API_KEY"
-    assert openai_judge.base_url == "https://api.openai.com/v1" and openai_judge.temperature == 0
+    # base_url left to the SDK ($OPENAI_BASE_URL or OpenAI's), the cap sent as max_completion_tokens
+    assert openai_judge.base_url is None and openai_judge.temperature == 0
+    assert openai_judge.token_limit_param == "max_completion_tokens"
     assert pickle.loads(pickle.dumps(openai_judge)).model == "gpt-4o-mini"
     with pytest.raises(UserError, match="model"):
         build_judge(OmegaConf.load(ROOT / "conf" / "judge" / "vllm.yaml"))
     vllm = OmegaConf.load(ROOT / "conf" / "judge" / "vllm.yaml")
     vllm.model = "my-model"
     assert build_judge(vllm).base_url == "http://localhost:8000/v1" and not build_judge(vllm).require_key
+    assert build_judge(vllm).token_limit_param == "max_tokens"
+    vllm.token_limit_param = "max_new_tokens"
+    with pytest.raises(UserError, match="token_limit_param"):
+        build_judge(vllm)
     oracle_cfg = OmegaConf.load(ROOT / "conf" / "judge" / "oracle.yaml")
     with pytest.raises(UserError, match="reward"):
         build_judge(oracle_cfg)
