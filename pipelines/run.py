@@ -273,7 +273,12 @@ def main(cfg: DictConfig) -> None:
 
 def refuse_several_methods(argv: list[str]) -> None:
     """Before Hydra composes a multirun (it would fail on the second method with "Could not override
-    'method.beta'"): one line saying how to sweep several methods, exit code 2."""
+    'method.beta'", and on `-m --cfg job` with a traceback): one line saying what does it, exit code 2."""
+    if {"-m", "--multirun"} & set(argv) and {"-c", "--cfg"} & set(argv):
+        print("error: Hydra takes --cfg without -m; to list a sweep's jobs (and which are done) without training: "
+              "`python -m pipelines.sweep --experiment <experiment> --methods <method ...> --list`; `--cfg job` "
+              "without -m prints one job's config", file=sys.stderr)
+        sys.exit(2)
     arg = several_methods(argv)
     if arg:
         print(f"error: {arg}: one multirun sweeps one method's grid (each method's preset sets its own keys); sweep "

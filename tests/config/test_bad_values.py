@@ -62,3 +62,11 @@ def test_one_number_two_spellings_is_one_run(method, one, other, tag):
     assert plan_hash(a, STAGES, "evaluate") == plan_hash(b, STAGES, "evaluate")
     if tag:
         assert a.method.tag == tag
+
+
+def test_listing_a_multirun_points_to_the_sweep_list(capsys):
+    from pipelines.run import refuse_several_methods
+
+    with pytest.raises(SystemExit) as stop:
+        refuse_several_methods(["-m", "--cfg", "job"])
+    assert stop.value.code == 2 and "pipelines.sweep" in capsys.readouterr().err
