@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from baselines import best_of_n, ppo, preferred_ft, rloo, unlikelihood  # noqa: E402
 from pipelines import dpo  # noqa: E402
 from pipelines.infra import distributed  # noqa: E402
-from pipelines.infra.bookkeeping import Stage, run_stage  # noqa: E402
+from pipelines.infra.bookkeeping import Stage, plan_hash, read_done, run_stage  # noqa: E402
 from pipelines.infra.io import UserError  # noqa: E402
 from pipelines.lm import vllm_engine  # noqa: E402
 from pipelines.lm.models import set_attn_implementation  # noqa: E402
@@ -39,6 +39,8 @@ from pipelines.validate import validate  # noqa: E402
 
 log = logging.getLogger("pipelines")
 CONF = Path(__file__).resolve().parents[1] / "conf"
+# The experiment conf/config.yaml composes when the command line names none.
+DEFAULT_EXPERIMENT = "sentiment_embedded"
 
 OFFLINE_INPUTS = ("sft", "pairs")
 
@@ -235,10 +237,30 @@ def canonical_numbers(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def judge_dry_run(cfg: DictConfig) -> str:
+    """judge_dry_run=true: count the judge calls (and their cost) the win-rate stage would make, for a run whose
+    earlier stages are done; train, judge and write nothing. A run not trained yet says so. Returns the line."""
+    if "winrate" not in STAGES or "winrate" not in cfg.pipeline:
+        return f"judge dry run: there is no winrate stage in this pipeline ({list(cfg.pipeline)})"
+    stage, memo = STAGES["winrate"], {}
+    deps = stage.deps(cfg) if callable(stage.deps) else stage.deps
+    missing = [d for d in deps if (read_done(STAGES[d].out_dir(cfg)) or {}).get("hash") != plan_hash(cfg, STAGES, d,
+                                                                                                       memo)]
+    if missing:
+        return (f"judge dry run for {cfg.method.tag} seed {cfg.seed}: not counted, its stage(s) {missing} are not "
+                "done yet (a dry run trains nothing; run it without judge_dry_run first, or after training)")
+    return stage.run(cfg, stage.out_dir(cfg))["text"]
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     """Check, then run every stage of cfg.pipeline. Returns the stage hashes."""
     canonical_numbers(cfg)
     check(cfg)
+    if cfg.get("judge_dry_run", False):
+        line = judge_dry_run(cfg)
+        log.info("%s", line)
+        print(line, flush=True)
+        return {}
     torch.set_num_threads(cfg.threads)
     set_attn_implementation(cfg.model.get("attn_implementation"))
     vllm_engine.configure(cfg)  # resolves task.generation.backend=auto before any stage hash is taken
@@ -249,14 +271,30 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
     return hashes
 
 
+def _preset_grid(experiment: str, method: str) -> dict:
+    """The sweep grid conf/method_preset/<experiment>/<method>.yaml sets (hydra.sweeper.params), {} without one."""
+    path = CONF / "method_preset" / experiment / f"{method}.yaml"
+    if not path.is_file():
+        return {}
+    grid = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params")
+    return dict(grid) if grid else {}
+
+
 def several_methods(argv: list[str]) -> str | None:
-    """The `method=a,b` override of a multirun command line, if it names several methods: each method's preset grid
-    sets its own keys (DPO's beta, PPO's KL target), which one Hydra sweep cannot combine."""
+    """The `method=a,b` override of a multirun command line, if it names several methods of which at least one has
+    a preset grid: each grid sets its own keys (DPO's beta, PPO's KL target), which one Hydra sweep cannot combine
+    (it fails on the second method with "Could not override 'method.beta'", or runs IPO on DPO's grid). Several
+    methods without preset grids (the text tasks' smoke presets) sweep fine together."""
     if not {"-m", "--multirun"} & set(argv):
         return None
+    experiment = next((a.partition("=")[2] for a in argv if a.partition("=")[0].lstrip("+~") == "experiment"),
+                      DEFAULT_EXPERIMENT)
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "method" and ("," in value or value.startswith(("choice(", "range(", "glob("))):
+        if key.lstrip("+~") != "method":
+            continue
+        names = [v.strip() for v in value.removeprefix("choice(").removesuffix(")").split(",")]
+        if len(names) > 1 and any(_preset_grid(experiment, m) for m in names):
             return arg
     return None
 

@@ -46,7 +46,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.infra.bookkeeping import Stage, config_hash, read_done
+from pipelines.infra.bookkeeping import plan_hash, read_done
 from pipelines.infra.io import UserError, atomic_write_text
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -133,16 +133,6 @@ def pipeline_stages(cfg: DictConfig) -> list[str]:
 def reads_rphi(method: str) -> bool:
     from pipelines.run import METHODS
     return "reward_model" in METHODS[method].inputs
-
-
-def plan_hash(cfg: DictConfig, stages: dict[str, Stage], name: str, _memo: dict | None = None) -> str:
-    """The config hash `name` would get in a run of `cfg`, computed without running anything (as run_stage does)."""
-    memo = {} if _memo is None else _memo
-    if name not in memo:
-        stage = stages[name]
-        deps = stage.deps(cfg) if callable(stage.deps) else stage.deps
-        memo[name] = config_hash(cfg, stage, {d: plan_hash(cfg, stages, d, memo) for d in deps})[0]
-    return memo[name]
 
 
 def final_stages(cfg: DictConfig) -> list[tuple[str, Path]]:

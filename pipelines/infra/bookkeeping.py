@@ -197,3 +197,13 @@ def _prepare(cfg: DictConfig, name: str, out_dir: Path, digest: str, payload: di
     atomic_write_json(out_dir / "stage_config.json", {**payload, "hash": digest})
     log.info("stage %-9s %s (%s)", name, "resuming" if resumed else "running", out_dir)
     return backup, resumed
+
+
+def plan_hash(cfg: DictConfig, stages: dict[str, Stage], name: str, _memo: dict | None = None) -> str:
+    """The config hash `name` would get in a run of `cfg`, computed without running anything (as run_stage does)."""
+    memo = {} if _memo is None else _memo
+    if name not in memo:
+        stage = stages[name]
+        deps = stage.deps(cfg) if callable(stage.deps) else stage.deps
+        memo[name] = config_hash(cfg, stage, {d: plan_hash(cfg, stages, d, memo) for d in deps})[0]
+    return memo[name]

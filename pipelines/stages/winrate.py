@@ -128,11 +128,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                      for c in comparisons])
         log.info("win rate %s %s T=%.2f vs %s (%s): %.3f +- %.3f (n %d, invalid %d)", cfg.method.tag, split,
                  temperature, w.reference, cfg.judge.name, rate, se, n_valid, n_invalid)
-    if dry_run:
-        raise UserError(f"judge dry run for {cfg.method.tag} seed {cfg.seed}: {needed} call(s) to {cfg.judge.name} "
-                        f"({cfg.judge.model}) needed over {len(temperatures)} temperature(s), estimated cost "
-                        f"{cost:.4f} at {cfg.judge.price_in_per_m:g}/{cfg.judge.price_out_per_m:g} per 1M input/output "
-                        f"tokens; nothing was judged or written (drop judge_dry_run to run it)")
+    if dry_run:  # pipelines.run.judge_dry_run prints it; no marker is written
+        return {"dry_run": True, "text": (
+            f"judge dry run for {cfg.method.tag} seed {cfg.seed}: {needed} call(s) to {cfg.judge.name} "
+            f"({cfg.judge.model}) needed over {len(temperatures)} temperature(s), estimated cost {cost:.4f} at "
+            f"{cfg.judge.price_in_per_m:g}/{cfg.judge.price_out_per_m:g} per 1M input/output tokens; nothing was "
+            "judged or written (drop judge_dry_run to run it)")}
     write_jsonl(out_dir / "judgments.jsonl", all_rows)
     atomic_write_json(out_dir / "winrates.json", results)
     return {"points": len(results)}

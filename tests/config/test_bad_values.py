@@ -25,8 +25,11 @@ def test_a_wrong_type_the_defaults_do_not_know_still_gives_one_line():
 
 @pytest.mark.parametrize("argv, refused", [
     (["-m", "method=dpo,ppo"], "method=dpo,ppo"),
-    (["--multirun", "experiment=smoke", "method=choice(dpo,ipo)"], "method=choice(dpo,ipo)"),
+    (["--multirun", "experiment=sentiment_embedded", "method=choice(dpo,ipo)"], "method=choice(dpo,ipo)"),
     (["-m", "method=ppo"], None),  # one method: its own preset grid
+    # the text tasks' smoke presets give these methods no grid: one multirun runs them all
+    (["-m", "experiment=summarization_smoke", "method=sft,dpo,preferred_ft,ppo,bon"], None),
+    (["-m", "experiment=summarization_smoke", "method=dpo,unlikelihood"], "method=dpo,unlikelihood"),
     (["method=dpo,ppo"], None),  # not a multirun: Hydra itself refuses a list
     (["-m", "method.beta=0.1,1"], None),  # a grid of one method's key
 ])
@@ -70,3 +73,23 @@ def test_listing_a_multirun_points_to_the_sweep_list(capsys):
     with pytest.raises(SystemExit) as stop:
         refuse_several_methods(["-m", "--cfg", "job"])
     assert stop.value.code == 2 and "pipelines.sweep" in capsys.readouterr().err
+
+
+def test_a_judge_dry_run_trains_nothing(tmp_path, capsys):
+    """A run not trained yet is not trained by a dry run: it says so and writes nothing."""
+    from pipelines.run import run_pipeline
+
+    cfg = compose_cfg(["experiment=smoke", "judge=openai", "judge_dry_run=true", f"paths.root={tmp_path / 'runs'}"])
+    assert run_pipeline(cfg) == {}
+    assert not (tmp_path / "runs").exists()
+    assert "not counted, its stage(s)" in capsys.readouterr().out
+
+
+def test_the_default_experiment_is_the_one_config_yaml_composes():
+    from omegaconf import OmegaConf
+
+    from pipelines.run import CONF, DEFAULT_EXPERIMENT
+
+    defaults = OmegaConf.load(CONF / "config.yaml").defaults
+    assert {"experiment": DEFAULT_EXPERIMENT} in [OmegaConf.to_container(d) if not isinstance(d, str) else d
+                                                  for d in defaults]
