@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from baselines import best_of_n, ppo, preferred_ft, rloo, unlikelihood  # noqa: E402
 from pipelines import dpo  # noqa: E402
 from pipelines.infra import distributed  # noqa: E402
-from pipelines.infra.bookkeeping import Stage, plan_hash, read_done, run_stage  # noqa: E402
+from pipelines.infra.bookkeeping import Stage, is_done, run_stage  # noqa: E402
 from pipelines.infra.io import UserError  # noqa: E402
 from pipelines.lm import vllm_engine  # noqa: E402
 from pipelines.lm.models import set_attn_implementation  # noqa: E402
@@ -202,38 +202,37 @@ def _method_defaults(name: str) -> dict:
     return {**base, **raw}
 
 
+def _numeric_settings(method: DictConfig):
+    """(node, key, default, value, dotted name) of every method setting that conf/method/<name>.yaml declares as a
+    number (not a bool), with its value in `method`."""
+    def walk(defaults: dict, node, prefix: str):
+        if not isinstance(node, DictConfig):
+            return
+        for key, default in defaults.items():
+            if isinstance(default, dict):
+                yield from walk(default, node.get(key), f"{prefix}{key}.")
+            elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                yield node, key, default, node.get(key), f"{prefix}{key}"
+    yield from walk(_method_defaults(str(method.name)), method, "method.")
+
+
 def _wrong_types(method: DictConfig) -> list[str]:
     """method.<key>=<text> where conf/method/<name>.yaml has a number: one line each (a traceback otherwise)."""
-    def walk(defaults: dict, node, prefix: str) -> list[str]:
-        wrong = []
-        for key, default in defaults.items():
-            value = node.get(key) if isinstance(node, DictConfig) else None
-            if isinstance(default, dict):
-                wrong += walk(default, value, f"{prefix}{key}.")
-            elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-                wrong.append(f"{prefix}{key}={value} must be a number (default {default})")
-        return wrong
-    return walk(_method_defaults(str(method.name)), method, "method.")
+    return [f"{name}={value} must be a number (default {default})"
+            for _, _, default, value, name in _numeric_settings(method) if isinstance(value, str)]
 
 
 def canonical_numbers(cfg: DictConfig) -> DictConfig:
     """Give every method setting the number type conf/method/<name>.yaml declares it with, where that loses nothing:
     `method.beta=1` becomes 1.0 (as β's default 0.1 is a float) and `method.kl.target=8.0` becomes 8, so that `1` and
     `1.0` are one run, with one tag, one folder and one stage hash. In place; returns cfg."""
-    def walk(defaults: dict, node) -> None:
-        if not isinstance(node, DictConfig):
-            return
-        for key, default in defaults.items():
-            value = node.get(key)
-            if isinstance(default, dict):
-                walk(default, value)
-            elif isinstance(value, bool) or isinstance(default, bool) or value is None:
-                continue
-            elif isinstance(default, float) and isinstance(value, int):
-                node[key] = float(value)
-            elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
-                node[key] = int(value)
-    walk(_method_defaults(str(cfg.method.name)), cfg.method)
+    for node, key, default, value, _ in list(_numeric_settings(cfg.method)):
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(default, float) and isinstance(value, int):
+            node[key] = float(value)
+        elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
+            node[key] = int(value)
     return cfg
 
 
@@ -244,8 +243,7 @@ def judge_dry_run(cfg: DictConfig) -> str:
         return f"judge dry run: there is no winrate stage in this pipeline ({list(cfg.pipeline)})"
     stage, memo = STAGES["winrate"], {}
     deps = stage.deps(cfg) if callable(stage.deps) else stage.deps
-    missing = [d for d in deps if (read_done(STAGES[d].out_dir(cfg)) or {}).get("hash") != plan_hash(cfg, STAGES, d,
-                                                                                                       memo)]
+    missing = [d for d in deps if not is_done(cfg, STAGES, d, memo)]
     if missing:
         return (f"judge dry run for {cfg.method.tag} seed {cfg.seed}: not counted, its stage(s) {missing} are not "
                 "done yet (a dry run trains nothing; run it without judge_dry_run first, or after training)")

@@ -46,7 +46,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.infra.bookkeeping import plan_hash, read_done
+from pipelines.infra.bookkeeping import is_done
 from pipelines.infra.io import UserError, atomic_write_text
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -146,19 +146,13 @@ def final_stages(cfg: DictConfig) -> list[tuple[str, Path]]:
 def job_done(cfg: DictConfig) -> bool:
     from pipelines.run import STAGES
     memo: dict = {}
-    for name, folder in final_stages(cfg):
-        done = read_done(folder)
-        if done is None or done.get("hash") != plan_hash(cfg, STAGES, name, memo):
-            return False
-    return True
+    return all(is_done(cfg, STAGES, name, memo) for name, _ in final_stages(cfg))
 
 
 def rphi_done(cfg: DictConfig) -> bool:
     """r_phi trained with the current config and its weights there (a marker restored from the ledger is not)."""
     from pipelines.run import STAGES
-    done = read_done(Path(cfg.paths.reward_model))
-    return (done is not None and not done.get("restored")
-            and done.get("hash") == plan_hash(cfg, STAGES, "reward_model"))
+    return is_done(cfg, STAGES, "reward_model", restored_ok=False)
 
 
 # ---------------------------------------------------------------------------------------------------- ledger

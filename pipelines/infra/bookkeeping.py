@@ -207,3 +207,12 @@ def plan_hash(cfg: DictConfig, stages: dict[str, Stage], name: str, _memo: dict 
         deps = stage.deps(cfg) if callable(stage.deps) else stage.deps
         memo[name] = config_hash(cfg, stage, {d: plan_hash(cfg, stages, d, memo) for d in deps})[0]
     return memo[name]
+
+
+def is_done(cfg: DictConfig, stages: dict[str, Stage], name: str, memo: dict | None = None,
+            restored_ok: bool = True) -> bool:
+    """Whether `name`'s done-marker carries the hash the current config gives it (plan_hash), without running
+    anything. restored_ok=False: a marker written back from the ledger (no weights behind it) does not count."""
+    done = read_done(stages[name].out_dir(cfg))
+    return (done is not None and (restored_ok or not done.get("restored"))
+            and done.get("hash") == plan_hash(cfg, stages, name, memo))

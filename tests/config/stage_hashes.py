@@ -10,8 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.infra.bookkeeping import plan_hash
 from pipelines.run import STAGES
-from pipelines.sweep import compose_cfg, grid, plan_hash
+from pipelines.sweep import compose_cfg, grid
 
 PINNED = Path(__file__).resolve().parents[1] / "fixtures" / "stage_hashes.json"
 # The methods each embedded preset sweeps (Makefile), at two seeds: 0 (pipeline in shared/) and 1 (pipeline1/).

@@ -55,9 +55,9 @@ def test_the_refusal_is_one_line_and_exit_code_2(capsys):
     ("unlikelihood", "method.alpha=1", "method.alpha=1.0", None),
 ])
 def test_one_number_two_spellings_is_one_run(method, one, other, tag):
+    from pipelines.infra.bookkeeping import plan_hash
     from pipelines.run import STAGES
     from pipelines.sweep import compose_cfg as job_cfg
-    from pipelines.sweep import plan_hash
 
     a = job_cfg(["experiment=sentiment_embedded", f"method={method}", one])
     b = job_cfg(["experiment=sentiment_embedded", f"method={method}", other])

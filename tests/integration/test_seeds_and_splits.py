@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipelines import sweep
-from pipelines.infra.bookkeeping import read_done
+from pipelines.infra.bookkeeping import plan_hash, read_done
 from pipelines.infra.io import read_jsonl
 from pipelines.lm.models import load_tokenizer
 from pipelines.run import STAGES, run_pipeline
@@ -80,7 +80,7 @@ def test_sweep_plans_hashes_records_a_ledger_and_resumes_from_it(smoke_cfg, tmp_
     cfg = smoke_cfg("method=dpo", f"paths.results={tmp_path / 'results'}")
     hashes = run_pipeline(cfg)
     # the hash the sweep computes without running anything is the one the run gave
-    assert sweep.plan_hash(cfg, STAGES, "evaluate") == hashes["evaluate"]
+    assert plan_hash(cfg, STAGES, "evaluate") == hashes["evaluate"]
     assert sweep.job_done(cfg)
     assert sweep.record(cfg, 0, [Path(cfg.paths.method), Path(cfg.paths.sft)]) > 0
     assert sweep.record(cfg, 0, [Path(cfg.paths.method)]) == 0  # nothing new
