@@ -16,7 +16,7 @@ own, started first: its readers wait for it, every other job runs beside it. Eac
 started and done, with how many are done and an ETA from the mean job time.
 
 A job is done when its evaluation (and win-rate) stages are done with the hash the current config gives them, in
-the run folder or in the ledger: `results/<task>/<preset>/ledger/seed<k>.jsonl`, one line per small file a finished
+the run folder or in the ledger (pipelines/infra/ledger.py): `results/<task>/<preset>/ledger/seed<k>.jsonl`, one line per small file a finished
 job or pipeline wrote (done-markers, eval/step*.json, winrates.json; never weights or samples). The ledger is
 committed, so a sweep resumes from it on a fresh clone: ledger files missing from the run folder are written back
 (done-markers marked `restored`, which the stage runner treats as not done, so nothing downstream trusts weights that
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -47,11 +46,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.infra.bookkeeping import is_done
-from pipelines.infra.io import UserError, atomic_write_text
+from pipelines.infra.io import UserError
+from pipelines.infra.ledger import record, restore
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-# Small files worth keeping: what the analysis reads, never weights, samples or judge transcripts.
-LEDGER_GLOBS = ("done.json", "eval/done.json", "eval/step*.json", "winrate/*/done.json", "winrate/*/winrates.json")
 PIPELINE_STAGES = ("sft", "sft/eval", "pairs", "reward_model")
 FIXED_STAGES = ("data", "tokenizer", "reward")
 # The stages of a method job; the seed's pipeline is every stage of cfg.pipeline before them.
@@ -153,60 +151,6 @@ def rphi_done(cfg: DictConfig) -> bool:
     """r_phi trained with the current config and its weights there (a marker restored from the ledger is not)."""
     from pipelines.run import STAGES
     return is_done(cfg, STAGES, "reward_model", restored_ok=False)
-
-
-# ---------------------------------------------------------------------------------------------------- ledger
-_LEDGER_LOCK = threading.Lock()  # parallel jobs record into the same seed file
-
-
-def ledger_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.results) / "ledger"
-
-
-def record(cfg: DictConfig, seed: int, folders: list[Path]) -> int:
-    """Add the small files of `folders` (finished stages under the run root) to the seed's ledger. Returns the number
-    of new or changed files."""
-    run_root = Path(cfg.paths.run_root)
-    path = ledger_dir(cfg) / f"seed{seed}.jsonl"
-    with _LEDGER_LOCK:
-        entries = {e["path"]: e for e in _read(path)}
-        changed = 0
-        for folder in folders:
-            for pattern in LEDGER_GLOBS:
-                for f in sorted(Path(folder).glob(pattern)):
-                    rel = str(f.relative_to(run_root))
-                    text = f.read_text()
-                    if rel.endswith("done.json"):
-                        text = json.dumps({k: v for k, v in json.loads(text).items() if k != "restored"},
-                                          sort_keys=True)
-                    if entries.get(rel, {}).get("text") != text:
-                        entries[rel] = {"path": rel, "text": text}
-                        changed += 1
-        if changed:
-            atomic_write_text(path, "".join(json.dumps(entries[k], sort_keys=True) + "\n" for k in sorted(entries)))
-    return changed
-
-
-def restore(cfg: DictConfig) -> int:
-    """Write every ledger file that is missing from the run folder back into it; done-markers are marked restored
-    (the stage runner reruns such a stage when something needs its outputs). Returns the number of files written."""
-    run_root = Path(cfg.paths.run_root)
-    written = 0
-    for path in sorted(ledger_dir(cfg).glob("seed*.jsonl")):
-        for e in _read(path):
-            target = run_root / e["path"]
-            if target.exists():
-                continue
-            text = e["text"]
-            if target.name == "done.json":
-                text = json.dumps({**json.loads(text), "restored": True}, indent=2, sort_keys=True) + "\n"
-            atomic_write_text(target, text)
-            written += 1
-    return written
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 # --------------------------------------------------------------------------------------------------- launch
