@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from analysis import cost, names, report, stats, winrate  # noqa: E402
+from analysis import cost, names, report, stats, tuning, winrate  # noqa: E402
 from analysis.intervals import across_seeds  # noqa: E402
 from analysis.load import load_points  # noqa: E402
 
@@ -311,7 +311,7 @@ def reading(df: pd.DataFrame) -> list[str]:
 
 
 def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: str, n_examples: int,
-            winrate_lines: list[str] | None = None) -> str:
+            winrate_lines: list[str] | None = None, tuning_lines: list[str] | None = None) -> str:
     """summary.md of the frontier command, without the cost section (main appends it)."""
     out = [f"# {task} / {preset}: reward vs KL frontier", "",
            f"Produced by `{command}` at git SHA `{report.git_sha()}` (analysis), {report.stamp()}. "
@@ -319,7 +319,8 @@ def summary(run_root: Path, df: pd.DataFrame, task: str, preset: str, command: s
            "![frontier](frontier.png)", "",
            "Every checkpoint of every seed, one panel per method: [frontier_runs.png](frontier_runs.png).", ""]
     out += report.setup_lines(run_root)
-    out += reading(df) + report.reproducibility(run_root, df) + (winrate_lines or []) + report.final_checkpoints(df)
+    out += reading(df) + report.reproducibility(run_root, df) + (tuning_lines or []) + (winrate_lines or [])
+    out += report.final_checkpoints(df)
     out += ["## What the reward bought: completions of the same held-out prefixes", "",
             "Last checkpoint of one run per method and parameter (its smallest seed), first samples of the "
             "evaluation set (text as the tokenizer decodes it).", ""]
@@ -343,7 +344,7 @@ def _plain(x):
     return x
 
 
-def results_json(df: pd.DataFrame, task: str, preset: str, command: str) -> dict:
+def results_json(df: pd.DataFrame, task: str, preset: str, command: str, tuned: pd.DataFrame | None = None) -> dict:
     """The summary's numbers in one machine-readable file (results.json): the verdict, each comparison's per-budget
     tests and bootstrap stability, the budgets left out and why, and each method's mean test r* at each budget."""
     sentence, results = verdict(df)
@@ -356,7 +357,8 @@ def results_json(df: pd.DataFrame, task: str, preset: str, command: str) -> dict
         "comparisons": {f"dpo_vs_{m}": {"relation": r["relation"], "n_seeds": r["n_seeds"], "seeds": r["seeds"],
                                        "alpha": r["alpha"], "stability": r["stability"], "left_out": r["left_out"],
                                        "budgets": r["compared"]} for m, r in results.items()},
-        "matched_kl": seed_table(df), "n_points": len(df)})
+        "matched_kl": seed_table(df), "n_points": len(df),
+        "tuning": tuned if tuned is not None and not tuned.empty else None})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,9 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     plot_runs(df, out_dir / "frontier_runs.png", f"{args.task} ({args.preset})")
     lines = winrate.write(run_root, out_dir, args.task, args.preset, REFERENCES.get(args.task, "the reference"))
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
+    tuned = tuning.table(run_root)
+    tuning_lines = tuning.write(tuned, out_dir)
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
-                                                lines) + "\n".join(cost_lines))
-    (out_dir / "results.json").write_text(json.dumps(results_json(df, args.task, args.preset, args.command),
+                                                lines, tuning_lines) + "\n".join(cost_lines))
+    (out_dir / "results.json").write_text(json.dumps(results_json(df, args.task, args.preset, args.command, tuned),
                                                      indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {out_dir}/frontier.csv, frontier.png (.pdf), frontier_runs.png, summary.md, results.json "
           f"({len(df)} points)")

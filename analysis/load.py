@@ -17,6 +17,9 @@ VALIDATION = ["val_kl", "val_kl_se", "val_reward", "val_reward_se", "val_n"]
 EXTRA = ["tag", "mean_length", "eos_rate", "kl_kind", "source"]
 NUMERIC = ["param", "seed", "shared_seed", "step", "kl", "kl_se", "reward", "reward_se", "n", "mean_length",
            "eos_rate", *VALIDATION]
+# The folder of a sweep group's tuning trials (conf/experiment/*.yaml, sweep.groups.*.folder): never on a frontier;
+# analysis.tuning reads them.
+TUNING = "tuning"
 # The stages every method's runs share, per pipeline seed (their done-markers give the set-up and wall times).
 SHARED_STAGES = ["data", "tokenizer", "sft", "reward", "evaluate_sft", "pairs", "reward_model"]
 WINRATE_COLUMNS = ["judge", "split", "method", "param", "seed", "temperature", "win_rate", "win_rate_se", "n",
@@ -47,7 +50,8 @@ def load_points(run_root: Path) -> pd.DataFrame:
     pairs and r_phi). SFT rows: one per pipeline seed, with seed = shared_seed."""
     # Only finished evaluations: a run still being evaluated would enter with part of its checkpoints.
     rows = [{**json.loads(p.read_text()), "source": p.relative_to(run_root).as_posix()}
-            for p in sorted(run_root.glob("**/eval/step*.json")) if (p.parent / "done.json").exists()]
+            for p in sorted(run_root.glob("**/eval/step*.json")) if (p.parent / "done.json").exists()
+            and p.relative_to(run_root).parts[0] != TUNING]
     if not rows:
         raise SystemExit(f"no evaluated checkpoints under {run_root}: run the pipeline first")
     df = pd.DataFrame(rows)

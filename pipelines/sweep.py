@@ -313,9 +313,15 @@ def _cores() -> int:
 
 
 def groups_of(spec, changes: list[str]) -> dict[str, dict]:
-    """The experiment's sweep.groups with --group NAME.KEY=VALUE changes applied (NAME_KEY works too)."""
-    groups = {name: {"methods": split_names(g.get("methods")), "seeds": str(g.get("seeds", "0"))}
+    """The experiment's sweep.groups with --group NAME.KEY=VALUE changes applied (NAME_KEY works too). A group with
+    `trials` ({method: {key: "v1,v2"}}) runs those settings instead of the methods' preset grids, in run folders of
+    their own under `folder` (tuning runs never enter a frontier)."""
+    groups = {name: {"methods": split_names(g.get("methods")), "seeds": str(g.get("seeds", "0")),
+                     "trials": g.get("trials") or None, "folder": g.get("folder")}
               for name, g in (spec.get("groups") or {}).items()}
+    for name, g in groups.items():
+        if g["trials"] and (not g["folder"] or set(g["trials"]) != set(g["methods"])):
+            raise UserError(f"sweep.groups.{name}: trials need a folder and one entry per method of the group")
     if not groups:
         raise UserError("--groups: the experiment has no sweep.groups")
     for change in changes:
@@ -338,25 +344,43 @@ def sweep(args) -> None:
     spec = OmegaConf.to_container(OmegaConf.select(exp, "sweep") or OmegaConf.create({}))
     jobs = args.jobs or spec.get("jobs") or DEFAULT_JOBS
     if args.groups:
-        plans = [(name, g["methods"], parse_seeds(g["seeds"])) for name, g in groups_of(spec, args.group).items()
+        plans = [(name, g["methods"], parse_seeds(g["seeds"]), g) for name, g in groups_of(spec, args.group).items()
                  if g["methods"]]
     else:
         methods = methods or split_names(spec.get("methods"))
         if not methods:
             raise UserError(f"--methods: experiment {args.experiment} names no sweep.methods; name them")
-        plans = [(None, methods, parse_seeds(args.seeds if args.seeds is not None else "0"))]
+        plans = [(None, methods, parse_seeds(args.seeds if args.seeds is not None else "0"), {})]
     from pipelines.run import METHODS
-    unknown = sorted({m for _, ms, _ in plans for m in ms if m not in METHODS})
+    unknown = sorted({m for _, ms, _, _ in plans for m in ms if m not in METHODS})
     if unknown:
         raise UserError(f"--methods: unknown method(s) {unknown}; methods are {sorted(METHODS)}")
-    for name, group_methods, seeds in plans:
+    for name, group_methods, seeds, group in plans:
         if name is not None:
             print(f"{args.experiment}, group {name}: {' '.join(group_methods)} at seeds {seeds_text(seeds)}",
                   flush=True)
-        run_sweep(args, exp, group_methods, seeds, jobs, prefix)
+        run_sweep(args, exp, group_methods, seeds, jobs, prefix, trials=group.get("trials"),
+                  folder=group.get("folder"))
 
 
-def run_sweep(args, exp: DictConfig, methods: list[str], seeds: list[int], n_jobs: int, prefix: list[str]) -> None:
+def trial_grid(experiment: str, method: str, axes: dict, folder: str, extra: list[str]) -> list[list[str]]:
+    """A tuning group's settings of one method: the cartesian product of its axes ({key: "v1,v2"}), each run in
+    <run_root>/<folder>/seed<k>/<the method's tag>_<leaf of each key with several values><value>, e.g.
+    tuning/seed0/dpo_beta0.2_learning_rate3e-05."""
+    parsed = {k: [v.strip() for v in str(vals).split(",")] for k, vals in axes.items()}
+    out = []
+    for combo in itertools.product(*parsed.values()):
+        setting = [f"{k}={v}" for k, v in zip(parsed, combo)]
+        cfg = compose_cfg([f"experiment={experiment}", f"method={method}", *extra, *setting])
+        suffix = "".join(f"_{k.rsplit('.', 1)[-1]}{OmegaConf.select(cfg, k)}" for k, vals in parsed.items()
+                         if len(vals) > 1)
+        out.append([*setting, f"method.tag={cfg.method.tag}{suffix}",
+                    f"paths.method=${{paths.run_root}}/{folder}/seed${{seed}}/${{method.tag}}"])
+    return out
+
+
+def run_sweep(args, exp: DictConfig, methods: list[str], seeds: list[int], n_jobs: int, prefix: list[str],
+              trials: dict | None = None, folder: str | None = None) -> None:
     from pipelines.run import METHODS, check
 
     base = [f"experiment={args.experiment}", *args.overrides]
@@ -364,7 +388,9 @@ def run_sweep(args, exp: DictConfig, methods: list[str], seeds: list[int], n_job
     jobs: list[Job] = []
     for seed in seeds:
         for method in methods:
-            for setting in grid(args.experiment, method, args.overrides):
+            settings = (trial_grid(args.experiment, method, trials[method], folder, args.overrides) if trials
+                        else grid(args.experiment, method, args.overrides))
+            for setting in settings:
                 overrides = [*base, f"method={method}", f"seed={seed}", *setting]
                 cfg = compose_cfg(overrides)
                 check(cfg)

@@ -27,7 +27,7 @@ def own_sweep_block(experiment: str) -> dict:
 def planned(monkeypatch):
     """Calls of run_sweep: (methods, seeds, jobs), nothing composed per job."""
     calls = []
-    monkeypatch.setattr(sweep, "run_sweep", lambda args, exp, methods, seeds, jobs, prefix:
+    monkeypatch.setattr(sweep, "run_sweep", lambda args, exp, methods, seeds, jobs, prefix, **group:
                         calls.append((methods, seeds, jobs)))
     return calls
 
@@ -46,10 +46,11 @@ def test_default_methods_and_jobs_come_from_the_experiments_yaml(planned):
 def test_groups_run_one_after_the_other_and_change_from_the_command_line(planned):
     groups = own_sweep_block("sentiment_embedded")["groups"]
     sweep.main(["--experiment", "sentiment_embedded", "--groups"])
-    assert planned == [(groups["headline"]["methods"], list(range(10)), 2), (groups["other"]["methods"], [0, 1, 2], 2)]
+    assert planned == [(groups["headline"]["methods"], list(range(10)), 2), (groups["tuning"]["methods"], [0], 2),
+                       (groups["other"]["methods"], [0, 1, 2], 2)]
     planned.clear()
     sweep.main(["--experiment", "sentiment_embedded", "--groups", "--group", "HEADLINE_SEEDS=0-4", "--group",
-                "other.methods="])
+                "other.methods=", "--group", "tuning.methods="])
     assert planned == [(["dpo", "ppo", "ppo_gt"], [0, 1, 2, 3, 4], 2)]
 
 
