@@ -3,7 +3,8 @@
 What an experiment sweeps is part of its definition: the `sweep:` block of conf/experiment/<E>.yaml (read here, never
 part of a stage hash) names its `methods` (the default of --methods), its `jobs` (the default of --jobs; 1 at paper
 scale, one GPU) and, for the committed multi-seed verdict, its `groups` (methods, each group at its own seeds, one
-group after the other: --groups). Which methods read the learned reward model r_phi comes from their METHODS rows
+group after the other: --groups; a group with `trials` runs those settings instead of the preset grids, in run
+folders of its own, for tuning). Which methods read the learned reward model r_phi comes from their METHODS rows
 (pipelines/run.py), never from a list.
 
 The jobs are (seed, method, setting) for every setting of the method's preset grid
@@ -15,14 +16,14 @@ own, started first: its readers wait for it, every other job runs beside it. Eac
 (runs/<task>/<preset>/logs/sweep/; with one job at a time also to the terminal); the terminal gets a line per job
 started and done, with how many are done and an ETA from the mean job time.
 
-A job is done when its evaluation (and win-rate) stages are done with the hash the current config gives them, in
-the run folder or in the ledger (pipelines/infra/ledger.py): `results/<task>/<preset>/ledger/seed<k>.jsonl`, one line per small file a finished
-job or pipeline wrote (done-markers, eval/step*.json, winrates.json; never weights or samples). The ledger is
-committed, so a sweep resumes from it on a fresh clone: ledger files missing from the run folder are written back
-(done-markers marked `restored`, which the stage runner treats as not done, so nothing downstream trusts weights that
-are not there) and the finished jobs are skipped. The analysis then reads the run folder as if nothing was lost.
---no-ledger (the one-seed reproduce targets) neither restores from the ledger nor writes to it: the run trains what
-the run folder lacks and leaves the committed files alone.
+A job is done when its evaluation (and win-rate) stages are done with the hash the current config gives them, in the
+run folder or in the ledger (pipelines/infra/ledger.py): `results/<task>/<preset>/ledger/seed<k>.jsonl`, one line
+per small file a finished job or pipeline wrote (done-markers, eval/step*.json, winrates.json; never weights or
+samples). The ledger is committed, so a sweep resumes from it on a fresh clone: ledger files missing from the run
+folder are written back (done-markers marked `restored`, which the stage runner treats as not done, so nothing
+downstream trusts weights that are not there) and the finished jobs are skipped. The analysis then reads the run
+folder as if nothing was lost. --no-ledger (the one-seed reproduce targets) neither restores from the ledger nor
+writes to it: the run trains what the run folder lacks and leaves the committed files alone.
 
   python -m pipelines.sweep --experiment sentiment_embedded --seeds 0-9 --methods dpo ppo ppo_gt --list
   python -m pipelines.sweep --experiment sentiment_embedded --groups --group headline.seeds=0-4 --list
