@@ -5,31 +5,46 @@ SHELL := /bin/bash
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
-# Which torch to install: the CUDA build where an NVIDIA driver answers, else the CPU build
-# (torch==2.13.0 has a small CPU wheel on this project's CI machines). Override with TORCH_SPEC=...
+# Variables (`make help` prints the #: lines; make <target> NAME=value, environment variables as NAME=value make):
+#: SEEDS           full-pipeline seeds of a reproduce target, e.g. "0 1 2" (default 0)
+#: METHODS         methods to sweep, e.g. "dpo ppo" (default: the experiment's sweep.methods)
+#: JOBS            method jobs side by side (default: the experiment's sweep.jobs, else 2)
+#: ACCELERATE      launch every job with conf/accelerate/NAME.yaml: ddp, fsdp, deepspeed_zero3, ... (default none)
+#: ARGS            extra Hydra overrides for every job, e.g. ARGS="task.eval.n_prompts=200" (default none)
+#: HEADLINE_SEEDS  reproduce-sentiment-seeds: seeds of DPO, PPO, PPO-GT (default 0-9); also HEADLINE_METHODS
+#: OTHER_SEEDS     reproduce-sentiment-seeds: seeds of the other methods (default 0-2); also OTHER_METHODS
+#: TUNING_METHODS  reproduce-sentiment-seeds: the learning-rate trials on validation (default dpo ppo; empty: none)
+#: EXPERIMENT      make sweep: the conf/experiment/<name>.yaml to run
+#: BENCH_ARGS      make bench: e.g. "--arch n_layer=36 n_embd=1280 n_head=20 --vocab 50257"
+#: RVD_RUNS        environment: where training outputs go (default runs/); the analysis and clean-runs read it too
+#: RVD_CACHE       environment: where downloaded data is cached (default .cache/rlhf-vs-dpo)
+#: VENV            the virtual environment (default .venv)
+#: TORCH_SPEC      the torch to install: torch (CUDA build) where an NVIDIA driver answers, else torch==2.13.0
+#: TORCH_INDEX     extra index for torch: PyTorch's CPU index without a driver where it answers (PyPI's Linux wheel
+#:                 is the CUDA build, ~2.5 GB with its libraries; +cpu ~200 MB), else none (PyPI only, as on CI)
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
-# The reproduce targets' variables, all optional: SEEDS="0 1 2" (default 0), METHODS="dpo ppo" (default the
-# experiment's sweep.methods), JOBS (default its sweep.jobs, else 2), ACCELERATE=ddp|fsdp|deepspeed_zero3
-# (conf/accelerate/), ARGS="<Hydra overrides>"; reproduce-sentiment-seeds: HEADLINE_/OTHER_METHODS, HEADLINE_/OTHER_SEEDS.
-# BENCH_ARGS: `make bench`'s, e.g. BENCH_ARGS="--arch n_layer=36 n_embd=1280 n_head=20 --vocab 50257".
+TORCH_CPU_INDEX = https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(shell if ! (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1) && command -v curl >/dev/null 2>&1 && curl -sfI -m 5 -o /dev/null $(TORCH_CPU_INDEX)/torch/; then echo $(TORCH_CPU_INDEX); fi)
 RUNS = $${RVD_RUNS:-runs}
 SWEEP = $(strip $(PY) -m pipelines.sweep $(if $(JOBS),--jobs $(JOBS)) $(if $(ACCELERATE),--accelerate $(ACCELERATE)))
 # One seed's run trains what the run folder lacks and never reads or writes the committed ledger.
 ONE_SEED = $(if $(SEEDS),--seeds "$(SEEDS)") $(if $(METHODS),--methods "$(METHODS)") --no-ledger
-GROUPS = $(foreach v,HEADLINE_METHODS HEADLINE_SEEDS OTHER_METHODS OTHER_SEEDS,$(if $(filter-out undefined,$(origin $(v))),--group "$(v)=$($(v))"))
+GROUPS = $(foreach v,HEADLINE_METHODS HEADLINE_SEEDS TUNING_METHODS OTHER_METHODS OTHER_SEEDS,$(if $(filter-out undefined,$(origin $(v))),--group "$(v)=$($(v))"))
 MADE_BY = $(strip make $@ $(foreach v,SEEDS METHODS,$(if $($(v)),$(v)=\"$($(v))\")))
 
 .PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper reproduce-summarization \
 	reproduce-dialogue reproduce-summarization-paper reproduce-dialogue-paper sweep analyze-sentiment test test-fast \
 	test-all bench bench-e2e bench-e2e-seeds clean-runs
 
-help: ## list the targets
+help: ## list the targets and the variables they read
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
+	@printf '\nVariables (make <target> NAME=value; environment variables as NAME=value make ...):\n'
+	@sed -n 's/^#: /  /p' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,judge-local]'
 	@touch $@
 venv: $(VENV)/.installed ## create the virtual environment (done by every target that needs it)

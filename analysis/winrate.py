@@ -211,7 +211,8 @@ PAPER = {
 REFERENCE_NAMES = {"summarization": "the reference summary", "dialogue": "the chosen response"}
 SMOKE_NOTE = ("**This is the offline smoke preset: it checks that the whole chain runs and writes its tables and "
               "plots on this CPU. It is not the paper's science** (a tiny model trained from scratch, preference "
-              "pairs 'real answer over another prompt's answer', a word-level relevance oracle as judge; README).")
+              "pairs 'real answer over another prompt's answer', "
+              "a word-level relevance oracle as judge; docs/scaling.md).")
 
 
 def stage_lines(run_root: Path) -> list[str]:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from baselines import best_of_n, ppo, preferred_ft, rloo, unlikelihood  # noqa: E402
 from pipelines import dpo  # noqa: E402
-from pipelines.infra import distributed  # noqa: E402
+from pipelines.infra import distributed, schema  # noqa: E402
 from pipelines.infra.bookkeeping import Stage, is_done, run_stage  # noqa: E402
 from pipelines.infra.io import UserError  # noqa: E402
 from pipelines.lm import vllm_engine  # noqa: E402
@@ -179,12 +179,12 @@ def check(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.pipeline if s not in STAGES]
     if unknown:
         raise UserError(f"pipeline: unknown stage(s) {unknown}; stages are {list(STAGES)}")
-    wrong = _wrong_types(cfg.method)
+    wrong = schema.wrong_types(cfg)
     if wrong:
         raise UserError("bad config (nothing was run): " + "; ".join(wrong))
     try:
         validate(cfg, METHODS[cfg.method.name])
-    except (TypeError, ValueError) as err:  # a value of the wrong type that _wrong_types does not know of
+    except (TypeError, ValueError) as err:  # a value of the wrong type that wrong_types does not know of
         raise UserError(f"bad config (nothing was run): a setting has the wrong type ({err}); check the values of "
                         "your overrides") from None
 
@@ -214,12 +214,6 @@ def _numeric_settings(method: DictConfig):
             elif isinstance(default, (int, float)) and not isinstance(default, bool):
                 yield node, key, default, node.get(key), f"{prefix}{key}"
     yield from walk(_method_defaults(str(method.name)), method, "method.")
-
-
-def _wrong_types(method: DictConfig) -> list[str]:
-    """method.<key>=<text> where conf/method/<name>.yaml has a number: one line each (a traceback otherwise)."""
-    return [f"{name}={value} must be a number (default {default})"
-            for _, _, default, value, name in _numeric_settings(method) if isinstance(value, str)]
 
 
 def canonical_numbers(cfg: DictConfig) -> DictConfig:
@@ -323,6 +317,12 @@ def refuse_several_methods(argv: list[str]) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m pipelines.run` and the console script `rvd-run` (pyproject.toml): a name of its own lets Hydra's
+    tab completion be installed, `eval "$(rvd-run -sc install=bash)"`."""
     refuse_several_methods(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pipelines.infra.bookkeeping import is_done
 from pipelines.infra.io import UserError
@@ -109,10 +111,14 @@ def split_names(values) -> list[str]:
 
 def compose_cfg(overrides: list[str], hydra_node: bool = False) -> DictConfig:
     """The config a `python -m pipelines.run <overrides>` job runs with (numbers in their canonical type)."""
+    from pipelines.infra.schema import field_error
     from pipelines.run import canonical_numbers
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=hydra_node)
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=hydra_node)
+    except (ConfigCompositionException, OmegaConfBaseException) as err:  # a value the structured config refuses
+        raise UserError(f"bad config (nothing was run): {field_error(err)}") from None
     return canonical_numbers(cfg)
 
 

@@ -85,7 +85,10 @@ TOKEN_LIMIT_PARAMS = ("max_tokens", "max_completion_tokens")
 
 
 class OpenAIJudge:
-    """Chat completions via the `openai` SDK, greedy (temperature 0), SDK retries off (the runner retries)."""
+    """Chat completions via the `openai` SDK, greedy (temperature 0), one SDK client for every call and thread (the
+    SDK's clients are thread-safe), its own retries off: the runner retries with its policy (full jitter with a
+    Retry-After floor, a stop after repeated failures, waits a stopping run interrupts), which the SDK's cannot
+    express."""
 
     name = "openai"
     cacheable = True
@@ -102,22 +105,22 @@ class OpenAIJudge:
         self.token_limit_param = token_limit_param
         self.require_key, self.temperature = require_key, temperature
         self.max_tokens, self.timeout = max_tokens, timeout
-        # One connection pool shared by all calls and threads. It carries no credentials: the key goes into a
-        # throw-away SDK client per call (the SDK puts it in the request headers, not on the pool).
-        self._http: Any = None
-        self._http_lock = threading.Lock()
+        # The SDK client, made on the first call (the key is read then, from the environment only); never pickled
+        # (a copy makes its own), so the key is in no file.
+        self._client: Any = None
+        self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
                 f"{self.token_limit_param}={self.max_tokens}, timeout={self.timeout})")
 
     def __getstate__(self) -> dict:
-        # The pool and lock cannot be pickled; a copy makes its own on first use.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_lock")}
+        # The client (it holds the key) and the lock are not pickled; a copy makes its own on first use.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_client_lock")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._http, self._http_lock = None, threading.Lock()
+        self._client, self._client_lock = None, threading.Lock()
 
     def _read_key(self) -> str:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -128,20 +131,22 @@ class OpenAIJudge:
                             "(it is read from the environment only and never written anywhere)")
         return DUMMY_KEY
 
-    def _pool(self):
+    def client(self):
+        """The one SDK client of this judge (made once, under a lock); base_url None lets the SDK read
+        $OPENAI_BASE_URL."""
         import openai
 
-        with self._http_lock:
-            if self._http is None:
-                self._http = openai.DefaultHttpxClient()
-            return self._http
+        with self._client_lock:
+            if self._client is None:
+                self._client = openai.OpenAI(api_key=self._read_key(), base_url=self.base_url, max_retries=0,
+                                             timeout=self.timeout)
+            return self._client
 
     def complete(self, request: JudgeRequest) -> Answer:
         import openai
 
-        key = self._read_key()
-        client = openai.OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
-                               http_client=self._pool())
+        client = self.client()
+        key = client.api_key
         try:
             resp = client.chat.completions.create(
                 model=self.model, messages=[{"role": "user", "content": request.rendered}],

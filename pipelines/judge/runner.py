@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tenacity
 from tqdm.auto import tqdm
 
 from pipelines.infra.io import atomic_write_json
@@ -192,6 +193,10 @@ def _judgment(task: _Task, raw: str, usage: dict, cached: bool, p_first: float |
                     p_first=p_first)
 
 
+class _Skipped(Exception):
+    """A call given up because the run stopped (no answer, no failure counted)."""
+
+
 @dataclass
 class _Counters:
     """Shared between worker threads, guarded by `lock`."""
@@ -256,38 +261,51 @@ def run_judgments(judge: Judge, template_text: str, comparisons: list[Comparison
     stop = threading.Event()
     jitter = random.Random()  # delays only; they do not affect any result
 
+    def wait_for(state: tenacity.RetryCallState) -> float:
+        """Full jitter, never shorter than the server's Retry-After, capped at backoff_max."""
+        ceiling = min(backoff_max, backoff_base * 2 ** (state.attempt_number - 1))
+        retry_after = getattr(state.outcome.exception(), "retry_after", None) or 0.0
+        return min(backoff_max, max(jitter.uniform(0, ceiling), retry_after))
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):  # the run stopped (too many failures, a bug elsewhere, Ctrl-C): give up this call
+            raise _Skipped
+
+    def counted(state: tenacity.RetryCallState) -> None:
+        with counters.lock:
+            counters.retries += 1
+        log.debug("judge call: %s; retry %d", state.outcome.exception(), state.attempt_number)
+
+    def ask(request: JudgeRequest) -> Answer:
+        if stop.is_set():
+            raise _Skipped
+        return judge.complete(request)
+
+    # Transient errors (429, 5xx, timeouts, connection errors) are retried; permanent ones (other 4xx) and
+    # anything else end the call at once (reraise: the call's own exception, not tenacity's RetryError).
+    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception_type(TransientJudgeError),
+                                 stop=tenacity.stop_after_attempt(max_retries + 1), wait=wait_for, sleep=sleep,
+                                 before_sleep=counted, reraise=True)
+
     def call(task: _Task) -> Answer | str | None:
         """The answer (cached before returning), an error message when the call failed, or None when skipped."""
-        for attempt in range(max_retries + 1):
-            if stop.is_set():
-                return None
-            try:
-                answer = judge.complete(task.request)
-            except TransientJudgeError as err:
-                error, retry_after = str(err), err.retry_after
-            except PermanentJudgeError as err:
-                error, retry_after = str(err), None
-                break
-            else:
-                if cache_dir is not None:
-                    atomic_write_json(cache_path(cache_dir, task.key), {
-                        "schema": CACHE_SCHEMA, "key": task.key, "backend": judge.name, "model": judge.model,
-                        "template_sha256": hashlib.sha256(template_text.encode("utf-8")).hexdigest(),
-                        "prompt": task.request.prompt, "first": task.request.first, "second": task.request.second,
-                        "raw": answer.text, "usage": answer.usage, "p_first": answer.p_first,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-                with counters.lock:
-                    counters.consecutive_failures = 0
-                return answer
-            if attempt == max_retries:
-                break
-            delay = min(backoff_max, max(jitter.uniform(0, min(backoff_max, backoff_base * 2 ** attempt)),
-                                         retry_after or 0.0))
+        try:
+            answer = retrying(ask, task.request)
+        except _Skipped:
+            return None
+        except (TransientJudgeError, PermanentJudgeError) as err:
+            error = str(err)
+        else:
+            if cache_dir is not None:
+                atomic_write_json(cache_path(cache_dir, task.key), {
+                    "schema": CACHE_SCHEMA, "key": task.key, "backend": judge.name, "model": judge.model,
+                    "template_sha256": hashlib.sha256(template_text.encode("utf-8")).hexdigest(),
+                    "prompt": task.request.prompt, "first": task.request.first, "second": task.request.second,
+                    "raw": answer.text, "usage": answer.usage, "p_first": answer.p_first,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             with counters.lock:
-                counters.retries += 1
-            log.debug("judge call %s: %s; retry %d in %.3fs", task.comparison.id, error, attempt + 1, delay)
-            if stop.wait(delay):
-                return None
+                counters.consecutive_failures = 0
+            return answer
         with counters.lock:
             counters.consecutive_failures += 1
             counters.last_error = error

@@ -30,7 +30,7 @@ DEB_URL = ("http://deb.debian.org/debian/pool/main/p/python-pattern/"
 DEB_SHA256 = "9bdb8e36c780db9c701fa9519425c0217fbab2bc1af28eb127caaa6bde7fc4b1"
 DEB_NAME = "python3-pattern.deb"
 CORPORA_DIR = "usr/share/doc/python3-pattern/test/corpora/"
-# The corpora README swaps these two descriptions; these are the real contents (see shared/offline-assets.md).
+# The corpora README swaps these two descriptions; these are the real contents (checked in the packages).
 EMBEDDED_FILES = {"reviews": "polarity-en-pang&lee1.csv", "sentences": "polarity-en-pang&lee2.csv"}
 
 LABELS = {"0": 0, "-1": 0, "neg": 0, "negative": 0, "1": 1, "pos": 1, "positive": 1}

@@ -15,7 +15,7 @@ pair of turns, a turn being one speaker's consecutive messages; split by convers
 Neither has human preference labels. The preference pairs of the smoke runs take the real answer as chosen and the
 answer of another, randomly drawn prompt as rejected (a mismatched summary / reply; the response-selection
 negatives of dialogue research): a real but easy preference, "answer this prompt, not another one". It checks the
-pipeline; it is not the paper's human-preference science (README).
+pipeline; it is not the paper's human-preference science (docs/scaling.md).
 """
 from __future__ import annotations
 

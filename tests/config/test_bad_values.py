@@ -8,7 +8,7 @@ from tests.helpers import compose_cfg
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["method.beta=abc"], "method.beta=abc must be a number (default 0.1)"),
+    (["method.beta=abc"], "method.beta=abc must be a number (e.g. conf/method/"),
     (["method=ppo", "method.kl.target=x"], "method.kl.target=x must be a number"),
     (["method=ppo_gt", "method.learning_rate=fast"], "method.learning_rate=fast must be a number"),
 ])
@@ -18,9 +18,36 @@ def test_a_text_where_a_number_belongs_names_the_key(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_wrong_type_the_defaults_do_not_know_still_gives_one_line():
-    with pytest.raises(UserError, match="a setting has the wrong type"):
-        check(compose_cfg(["experiment=sentiment_embedded", "task.pairs.n_prompts=many"]))
+@pytest.mark.parametrize("overrides, message", [
+    (["task.pairs.n_prompts=many"], "task.pairs.n_prompts=many must be a number (e.g. conf/"),
+    (["task.eval.n_prompts=[1,2]"], "task.eval.n_prompts=[1, 2] must be a number"),
+    (["method.beta=[1,2]"], "method.beta=[1, 2] must be a number"),
+    (["model.sft.epochs=one"], "model.sft.epochs=one must be a number"),
+    (["judge.name=3"], "judge.name=3 must be text"),
+])
+def test_every_group_setting_is_typed_by_what_its_yaml_files_declare(overrides, message):
+    with pytest.raises(UserError, match="nothing was run") as err:
+        check(compose_cfg(["experiment=sentiment_embedded", *overrides]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("seed=abc", "seed"), ("threads=two", "threads"), ("judge_dry_run=maybe", "judge_dry_run"),
+    ("shared_seed=x", "shared_seed"), ("pipeline=train", "pipeline"),
+])
+def test_the_top_level_keys_are_a_structured_config_hydra_checks_while_composing(override, key):
+    from pipelines.sweep import compose_cfg as job_cfg
+
+    with pytest.raises(UserError) as err:
+        job_cfg(["experiment=sentiment_embedded", override])
+    text = str(err.value)
+    assert override.split("=")[1] in text and f"(key {key})" in text and "\n" not in text
+
+
+def test_the_structured_top_leaves_every_value_its_type():
+    cfg = compose_cfg(["experiment=sentiment_embedded", "seed=3"])
+    assert cfg.seed == 3 and cfg.shared_seed == 3 and cfg.threads == 2 and cfg.judge_dry_run is False
+    assert isinstance(cfg.vllm_gpu_memory_utilization, float) and cfg.wandb.mode == "offline"
 
 
 @pytest.mark.parametrize("argv, refused", [

@@ -280,7 +280,25 @@ def test_api_key_never_reaches_files_logs_or_the_judge(server, api_key, tmp_path
     assert api_key not in caplog.text and api_key not in repr(judge) and api_key not in str(vars(judge))
     out = capsys.readouterr()
     assert api_key not in out.out and api_key not in out.err
-    assert api_key not in str(dict(judge._pool().headers))  # the shared connection pool carries no key
+    assert pickle.loads(pickle.dumps(judge))._client is None  # the client (it holds the key) is never pickled
+
+
+def test_one_sdk_client_serves_every_call_and_thread(server, api_key, tmp_path, monkeypatch):
+    import openai
+
+    made = []
+    real = openai.OpenAI
+
+    def counting(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openai, "OpenAI", counting)
+    srv = server(lambda n: Reply())
+    report = run_judgments(judge_for(srv), TEMPLATE, comparisons(12), cache_dir=tmp_path, seed=0, concurrency=4,
+                           **FAST)
+    assert len(srv.requests) == 12 and report.n_calls == 12
+    assert len(made) == 1 and made[0]["max_retries"] == 0  # one client; the runner's retry policy, not the SDK's
 
 
 def test_connection_refused_is_retried_then_stops(api_key, tmp_path):

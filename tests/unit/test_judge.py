@@ -198,6 +198,36 @@ def test_transient_errors_are_retried_and_identical_requests_asked_once(tmp_path
     assert [j.cached for j in report.judgments] == [False, True] and report.usage["prompt_tokens"] == 1000
 
 
+def test_retry_waits_follow_full_jitter_with_the_servers_retry_after_as_a_floor(tmp_path, monkeypatch):
+    """The waits between attempts (tenacity with the runner's policy): never shorter than Retry-After, never longer
+    than backoff_max, within [0, backoff_base * 2**attempt] otherwise."""
+    import threading
+
+    waits = []
+    real_wait = threading.Event.wait
+
+    def recorded(self, timeout=None):
+        if timeout is not None:
+            waits.append(timeout)
+            timeout = 0  # record, do not sleep
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", recorded)
+
+    class AfterJudge(FakeJudge):
+        def complete(self, request):
+            self.calls.append(request)
+            if len(self.calls) <= 3:
+                raise TransientJudgeError("HTTP 429: slow down", retry_after=[2.0, 50.0, None][len(self.calls) - 1])
+            return Answer(self.rule(request), {})
+
+    judge = AfterJudge(prefers("CAND"))
+    report = run_judgments(judge, TEMPLATE, comps(1), cache_dir=None, seed=0, concurrency=1,
+                           **{**QUIET, "max_retries": 6, "backoff_base": 0.01, "backoff_max": 10.0})
+    assert report.n_calls == 1 and report.n_retries == 3 and len(waits) == 3
+    assert waits[0] == 2.0 and waits[1] == 10.0 and 0 <= waits[2] <= 0.01 * 2 ** 2
+
+
 def test_stop_after_consecutive_failures_carries_partial_report(tmp_path):
     judge = FakeJudge(prefers("CAND"), flaky=10 ** 6)
     with pytest.raises(JudgeStopped) as stop:
