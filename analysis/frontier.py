@@ -193,14 +193,14 @@ def _label(method: str) -> str:
 
 
 def _axis_labels(set_x, set_y) -> None:
-    set_x("sequence-level KL(pi || pi_SFT), nats (estimated from the policy's own samples)")
+    set_x(names.KL_LABEL)
     set_y("mean r*(x, y) on held-out prefixes")
 
 
-def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
+def draw_frontier(ax, df: pd.DataFrame) -> list:
     """Per method: the mean of its seeds' fronts (chosen on validation, test r* read between their own points,
-    over the KL range every seed covers), a 95 % t-band across seeds, and each seed's front points faintly."""
-    fig, ax = plt.subplots(figsize=(10, 5.5))
+    over the KL range every seed covers), a 95 % t-band across seeds, and each seed's front points faintly. The
+    paper's methods solid, later variants dashed (analysis.names.linestyle). Returns the legend handles."""
     sft = df[df.method == "sft"]
     banded = False
     for method in _methods(df):
@@ -217,31 +217,65 @@ def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
         # Only where every seed has data: a mean over a changing set of seeds jumps where one drops out.
         every = n == len(seeds)
         mean = np.where(every, mean, np.nan)
-        ax.plot(grid, mean, color=color, lw=1.8, ls="--" if method == "bon" else "-",
+        ax.plot(grid, mean, color=color, lw=1.8, ls=names.linestyle(method),
                 label=_label(method) + (f", {len(seeds)} seeds" if several else ""))
         if several:
             banded = True
-            ax.fill_between(grid, mean - half, mean + half, where=every, color=color, alpha=0.15, lw=0)
+            # light bands, no edge: several methods' bands overlap without hiding each other's lines
+            ax.fill_between(grid, mean - half, mean + half, where=every, color=color, alpha=0.12, lw=0)
         for f in fronts:
             own = f[f.method != "sft"]
             ax.plot(own.kl, own.reward, "o", ms=3, color=color, alpha=0.4)
     if len(sft):
-        label = "SFT (pi_ref)" + (f", mean ± sd of {len(sft)} pipeline seeds" if len(sft) > 1 else "")
+        label = names.SFT_LABEL + (f", mean ± sd of {len(sft)} pipeline seeds" if len(sft) > 1 else "")
         spread = sft.reward.std(ddof=1) if len(sft) > 1 else float(sft.reward_se.iloc[0])
         ax.errorbar([0.0], [sft.reward.mean()], yerr=[spread], fmt="*", ms=12, color="black", label=label)
     _axis_labels(ax.set_xlabel, ax.set_ylabel)
-    ax.set_title(title)
     ax.grid(alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Patch(color="0.5", alpha=0.25, label="95 % t-interval across seeds")] * banded + \
-        [Line2D([], [], ls="none", marker="o", ms=3, color="0.5", alpha=0.6, label="each seed's front points")]
-    # Outside the axes: with several methods, any corner inside would hide points.
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return handles + [Patch(color="0.5", alpha=0.25, label="95 % t-interval across seeds")] * banded + \
+        [Line2D([], [], ls="none", marker="o", ms=3, color="0.5", alpha=0.6, label="each seed's front points"),
+         Line2D([], [], color="0.3", ls="-", label="solid: the paper's methods"),
+         Line2D([], [], color="0.3", ls="--", label="dashed: later variants")]
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     # vector copy for papers (no creation date, so an unchanged figure gives an unchanged file)
     fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})
     plt.close(fig)
+
+
+def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    handles = draw_frontier(ax, df)
+    ax.set_title(title)
+    # Outside the axes: with several methods, any corner inside would hide points.
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    _save(fig, path)
+
+
+def plot_figure2(df: pd.DataFrame, run_root: Path, path: Path, title: str, reference: str) -> bool:
+    """The paper's Fig. 2 layout: reward vs KL on the left, win rate vs sampling temperature on the right (the r*
+    oracle's win rates), one legend for both. False (nothing written) without win rates."""
+    panel = winrate.figure_panel(run_root)
+    if panel is None:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    handles = draw_frontier(left, df)
+    left.set_title("reward vs KL")
+    winrate.draw(right, *panel, reference)
+    right.set_title(f"win rate vs temperature (judge: {panel[0].judge.iloc[0]})")
+    seen = {h.get_label() for h in handles}
+    handles += [h for h in right.get_legend_handles_labels()[0] if h.get_label() not in seen]
+    fig.suptitle(title)
+    fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None}, bbox_inches="tight")
+    plt.close(fig)
+    return True
 
 
 def plot_runs(df: pd.DataFrame, path: Path, title: str) -> None:
@@ -378,7 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     df.to_csv(out_dir / "frontier.csv", index=False, float_format="%.6g")
     plot_frontier(df, out_dir / "frontier.png", f"{args.task} ({args.preset}): reward vs KL")
     plot_runs(df, out_dir / "frontier_runs.png", f"{args.task} ({args.preset})")
-    lines = winrate.write(run_root, out_dir, args.task, args.preset, REFERENCES.get(args.task, "the reference"))
+    reference = REFERENCES.get(args.task, "the reference")
+    lines = winrate.write(run_root, out_dir, args.task, args.preset, reference)
+    plot_figure2(df, run_root, out_dir / "figure2.png", f"{args.task} ({args.preset})", reference)
     cost_lines = cost.write(run_root, out_dir, args.task, args.preset)
     tuned = tuning.table(run_root)
     tuning_lines = tuning.write(tuned, out_dir)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "method"
 # Every display block carries these keys (tests/unit/test_analysis_names.py checks each config file).
-DISPLAY_KEYS = ("name", "color", "param", "param_name", "order")
+DISPLAY_KEYS = ("name", "color", "param", "param_name", "order", "in_paper")
 # A method's frontier parameter without a name of its own (parameter-free methods, unknown methods).
 DEFAULT_PARAM_NAME = "param"
 
@@ -79,5 +79,22 @@ def method_order() -> tuple[str, ...]:
 
 
 def run_label(method: str, param) -> str:
-    """'dpo β=0.1'; parameter-free methods (preferred_ft) by name only."""
-    return method if pd.isna(param) else f"{method} {param_name(method)}={param:g}"
+    """'DPO β=0.1'; parameter-free methods (Preferred-FT) by name only."""
+    name = display_name(method)
+    return name if pd.isna(param) else f"{name} {param_name(method)}={param:g}"
+
+
+def in_paper(method: str) -> bool:
+    """A method of the DPO paper (its Fig. 2 and 3), as against a later variant (IPO, cDPO, RLOO)."""
+    return bool(_get(method, "in_paper"))
+
+
+def linestyle(method: str) -> str:
+    """Solid for the paper's methods, dashed for the later variants, so the two sets differ at a glance; Best-of-N
+    dotted (its KL is analytic, not estimated from samples)."""
+    return ":" if method == "bon" else "-" if in_paper(method) else "--"
+
+
+# Axis and legend text with the paper's symbols (matplotlib mathtext).
+KL_LABEL = r"sequence-level KL($\pi\,\|\,\pi_{\mathrm{SFT}}$), nats (from the policy's own samples)"
+SFT_LABEL = r"SFT ($\pi_{\mathrm{ref}}$)"

@@ -98,8 +98,9 @@ def validation_choice(run_root: Path) -> dict:
     return out
 
 
-def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict | None = None) -> None:
-    fig, ax = plt.subplots(figsize=(8.5, 5))
+def draw(ax, agg: pd.DataFrame, chosen: dict | None, reference: str) -> None:
+    """One judge's win rates against temperature: per method its chosen setting, mean over seeds with its interval;
+    the paper's methods solid, later variants dashed (analysis.names.linestyle)."""
     best = best_settings(agg[agg.split == "test"], chosen)
     for method in _ordered(best.method):
         g = best[best.method == method].sort_values("temperature")
@@ -107,23 +108,38 @@ def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict
         label = names.run_label(method, g.param.iloc[0]) + f" ({seeds} seed{'s' if seeds > 1 else ''})"
         if len(g) == 1:  # sentiment's Best-of-N: temperature 1 only
             ax.errorbar(g.temperature, g.win_rate, yerr=[g.win_rate - g.ci_low, g.ci_high - g.win_rate], fmt="s",
-                        color=names.color(method), capsize=3,
-                        label=label)
+                        color=names.color(method), capsize=3, label=label)
         else:
-            ax.plot(g.temperature, g.win_rate, "-o", ms=4, color=names.color(method), label=label)
-            ax.fill_between(g.temperature, g.ci_low, g.ci_high,
-                            color=names.color(method), alpha=0.12, lw=0)
+            ax.plot(g.temperature, g.win_rate, marker="o", ms=4, ls=names.linestyle(method),
+                    color=names.color(method), label=label)
+            ax.fill_between(g.temperature, g.ci_low, g.ci_high, color=names.color(method), alpha=0.1, lw=0)
     ax.axhline(0.5, color="0.4", lw=0.8, ls=":")
     ax.set_xlabel("sampling temperature")
     ax.set_ylabel(f"win rate against {reference}")
     ax.set_ylim(0, 1)
-    ax.set_title(title)
     ax.grid(alpha=0.3)
+
+
+def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict | None = None) -> None:
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    draw(ax, agg, chosen, reference)
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})  # vector copy for papers
     plt.close(fig)
+
+
+def figure_panel(run_root: Path, judge: str = "oracle") -> tuple[pd.DataFrame, dict] | None:
+    """(the judge's aggregated win rates, the validation-chosen settings) for the paper's Fig. 2 right panel
+    (analysis.frontier.plot_figure2); None without win rates of that judge."""
+    df = load_winrates(run_root)
+    if df.empty:
+        return None
+    agg = aggregate(df)
+    agg = agg[agg.judge == judge]
+    return (agg, validation_choice(run_root)) if len(agg) else None
 
 
 def _ordered(methods) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+import pipelines  # noqa: F401  -- registers the run config's schema (conf/config.yaml names it) and resolvers
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 POSITIVE = "great wonderful superb moving funny charming brilliant delightful".split()

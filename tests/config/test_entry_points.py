@@ -55,3 +55,14 @@ def test_torch_comes_from_the_cpu_index_without_a_driver_where_that_index_answer
     # a driver answers: the CUDA build from PyPI
     torch_line = next(line for line in _venv_recipe(tmp_path, 0, True).splitlines() if '"torch' in line)
     assert '"torch"' in torch_line and "--extra-index-url" not in torch_line
+
+
+def test_rvd_runs_and_rvd_cache_move_every_folder(monkeypatch, tmp_path):
+    from tests.helpers import compose_cfg
+
+    monkeypatch.setenv("RVD_RUNS", str(tmp_path / "scratch"))
+    monkeypatch.setenv("RVD_CACHE", str(tmp_path / "cache"))
+    cfg = compose_cfg(["experiment=sentiment_embedded", "judge=local_smollm2"])
+    for key in ("run_root", "shared", "pipeline", "sft", "pairs", "reward_model", "method", "judge_cache"):
+        assert str(cfg.paths[key]).startswith(str(tmp_path / "scratch")), key
+    assert cfg.paths.cache == str(tmp_path / "cache") and cfg.judge.path.startswith(str(tmp_path / "cache"))

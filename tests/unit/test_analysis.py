@@ -162,7 +162,7 @@ def test_main_writes_csv_plots_and_summary_for_full_pipeline_seeds(tmp_path):
         in summary
     assert "## Reproducibility" in summary and "| 0 |" in summary
     assert "pairwise accuracy 0.7 [95 % 0.65, 0.75] on 600 pairs of test prefixes" in summary
-    assert "| dpo step 20 (step 20, seed 0)" not in summary and "dpo β=0.1 (step 20, seed 0)" in summary
+    assert "| dpo step 20 (step 20, seed 0)" not in summary and "DPO β=0.1 (step 20, seed 0)" in summary
 
 
 def test_plots_are_written_with_best_of_n_and_several_seeds(tmp_path):

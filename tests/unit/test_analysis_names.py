@@ -25,8 +25,10 @@ def test_order_follows_the_configs_and_unknown_methods_fall_back_to_their_code_n
     assert names.rank("zeta") > max(names.rank(m) for m in order)
     # parameter-free methods: no parameter name of their own, and labelled by name only
     assert names.param_name("preferred_ft") == "param"
-    assert names.run_label("preferred_ft", float("nan")) == "preferred_ft"
-    assert names.run_label("dpo", 0.1) == "dpo β=0.1"
+    assert names.run_label("preferred_ft", float("nan")) == "Preferred-FT"
+    assert names.run_label("dpo", 0.1) == "DPO β=0.1"
+    assert names.linestyle("dpo") == "-" and names.linestyle("ipo") == "--" and names.linestyle("rloo_gt") == "--"
+    assert {m for m in names.displays() if not names.in_paper(m)} == {"ipo", "cdpo", "rloo", "rloo_gt"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -77,3 +77,22 @@ def test_write_reads_stage_outputs_and_plots(tmp_path):
     assert (out / "winrate_vs_temperature.png").stat().st_size > 10_000
     assert any(line.startswith("| PPO | 4 | 1 |") for line in lines)
     assert write(tmp_path / "empty", out, "sentiment", "smoke", "x") == []
+
+
+def test_figure2_puts_the_frontier_and_the_win_rates_side_by_side(tmp_path):
+    from analysis.frontier import plot_figure2
+
+    run_root = tmp_path / "runs"
+    for (method, param, seed), g in table().groupby(["method", "param", "seed"]):
+        folder = run_root / f"seed{seed}" / f"{method}_{param}" / "winrate" / "oracle"
+        folder.mkdir(parents=True)
+        (folder / "winrates.json").write_text(json.dumps(g.assign(tag=f"{method}_{param}").to_dict("records")))
+    rows = [("sft", None, s, s, 0, 0.0, 0.47) for s in (0, 1)]
+    rows += [("dpo", 0.1, s, s, step, kl, r) for s in (0, 1) for step, kl, r in [(10, 1.0 + s / 10, 0.55),
+                                                                                 (20, 2.0, 0.6 + s / 100)]]
+    df = pd.DataFrame(rows, columns=["method", "param", "seed", "shared_seed", "step", "kl", "reward"]).assign(
+        reward_se=0.01, val_kl=lambda d: d.kl, val_reward=lambda d: d.reward)
+    path = tmp_path / "figure2.png"
+    assert plot_figure2(df, run_root, path, "sentiment (smoke)", "SFT completion")
+    assert path.stat().st_size > 20_000 and path.with_suffix(".pdf").exists()
+    assert not plot_figure2(df, tmp_path / "none", tmp_path / "f.png", "x", "y") and not (tmp_path / "f.png").exists()
