@@ -29,7 +29,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from analysis import cost, names, report, stats, tuning, winrate  # noqa: E402
 from analysis.intervals import across_seeds  # noqa: E402
-from analysis.load import load_points  # noqa: E402
+from analysis.load import load_points, stage_configs  # noqa: E402
 
 # KL budgets (nats) at which fronts are read and compared; the paper's frontier spans ~0-20 at gpt2-large, the
 # embedded points ~0.3-10.
@@ -378,9 +378,12 @@ def _plain(x):
     return x
 
 
-def results_json(df: pd.DataFrame, task: str, preset: str, command: str, tuned: pd.DataFrame | None = None) -> dict:
-    """The summary's numbers in one machine-readable file (results.json): the verdict, each comparison's per-budget
-    tests and bootstrap stability, the budgets left out and why, and each method's mean test r* at each budget."""
+def results_json(df: pd.DataFrame, task: str, preset: str, command: str, tuned: pd.DataFrame | None = None,
+                 run_root: Path | None = None, out_dir: Path | None = None) -> dict:
+    """The summary's numbers in one machine-readable file (results.json), in the spirit of lm-evaluation-harness:
+    the verdict, each comparison's per-budget tests and bootstrap stability, the budgets left out and why, each
+    method's mean test r* at each budget and seeds; with run_root, the commits, machines and library versions the
+    stages ran with and the resolved config of every stage; with out_dir, the win rates and the cost tables."""
     sentence, results = verdict(df)
     claim = next((c for c in ("does not hold", "holds", "is undecided") if f"{c} here" in sentence
                   or f"{c} at this scale" in sentence), "no verdict")
@@ -392,7 +395,19 @@ def results_json(df: pd.DataFrame, task: str, preset: str, command: str, tuned: 
                                        "alpha": r["alpha"], "stability": r["stability"], "left_out": r["left_out"],
                                        "budgets": r["compared"]} for m, r in results.items()},
         "matched_kl": seed_table(df), "n_points": len(df),
-        "tuning": tuned if tuned is not None and not tuned.empty else None})
+        "seeds": {m: sorted(int(x) for x in g.seed.dropna().unique()) for m, g in df.groupby("method")},
+        "tuning": tuned if tuned is not None and not tuned.empty else None,
+        **(_provenance(run_root) if run_root is not None else {}),
+        **({k: _table(out_dir / f"{k}.csv") for k in ("winrates", "cost")} if out_dir is not None else {})})
+
+
+def _table(path: Path):
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _provenance(run_root: Path) -> dict:
+    return {"stage_git_shas": report.stage_shas(run_root), "environments": report.environments(run_root),
+            "stage_configs": stage_configs(run_root)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,8 +435,8 @@ def main(argv: list[str] | None = None) -> None:
     tuning_lines = tuning.write(tuned, out_dir)
     (out_dir / "summary.md").write_text(summary(run_root, df, args.task, args.preset, args.command, args.examples,
                                                 lines, tuning_lines) + "\n".join(cost_lines))
-    (out_dir / "results.json").write_text(json.dumps(results_json(df, args.task, args.preset, args.command, tuned),
-                                                     indent=1, ensure_ascii=False) + "\n")
+    record = results_json(df, args.task, args.preset, args.command, tuned, run_root, out_dir)
+    (out_dir / "results.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {out_dir}/frontier.csv, frontier.png (.pdf), frontier_runs.png, summary.md, results.json "
           f"({len(df)} points)")
 

@@ -137,6 +137,18 @@ def step_costs(run_root: Path) -> list[str]:
     return lines + [""]
 
 
+def environments(run_root: Path) -> list[dict]:
+    """The distinct machines and builds the stages under run_root ran on (environment block of their done-markers:
+    CPU model and flags, GPU, torch build and threads, library versions), each with how many stages ran there."""
+    seen: dict[str, dict] = {}
+    for p in sorted(run_root.glob("**/done.json")):
+        env = _done(p.parent).get("environment")
+        if env:
+            key = json.dumps(env, sort_keys=True)
+            seen.setdefault(key, {**env, "stages": 0})["stages"] += 1
+    return list(seen.values())
+
+
 def reproducibility(run_root: Path, df: pd.DataFrame) -> list[str]:
     """What the numbers depend on: the machines and builds the stages ran on (from the done-markers), each pipeline
     seed's SFT and r_phi, and the spread that the seeds carry."""

@@ -163,6 +163,12 @@ def test_main_writes_csv_plots_and_summary_for_full_pipeline_seeds(tmp_path):
     assert "## Reproducibility" in summary and "| 0 |" in summary
     assert "pairwise accuracy 0.7 [95 % 0.65, 0.75] on 600 pairs of test prefixes" in summary
     assert "| dpo step 20 (step 20, seed 0)" not in summary and "DPO β=0.1 (step 20, seed 0)" in summary
+    assert {"param_name", "git_sha"} <= set(csv.columns) and set(csv[csv.method == "dpo"].param_name) == {"β"}
+    # results.json: everything a paper cites, in one file
+    record = json.loads((out / "results.json").read_text())
+    assert {"verdict", "comparisons", "matched_kl", "seeds", "stage_git_shas", "environments", "stage_configs",
+            "winrates", "cost"} <= set(record)
+    assert record["seeds"]["dpo"] == list(range(10)) and record["command"] == "pytest"
 
 
 def test_plots_are_written_with_best_of_n_and_several_seeds(tmp_path):
