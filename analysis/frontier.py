@@ -332,8 +332,8 @@ def reading(df: pd.DataFrame) -> list[str]:
         above = [r for _, r in finals.iterrows() if r.shared_seed in sft_by_seed.index and
                  r.reward - sft_by_seed.reward[r.shared_seed] >
                  2 * (r.reward_se ** 2 + sft_by_seed.reward_se[r.shared_seed] ** 2) ** 0.5]
-        lines.append(f"- {method}: {len(above)} of {len(finals)} runs end with r* above their SFT's by more than "
-                     f"two standard errors of the difference.")
+        lines.append(f"- {names.display_name(method)}: {len(above)} of {len(finals)} runs end with r* above their "
+                     f"SFT's by more than two standard errors of the difference.")
         if "mean_length" in df and finals.mean_length.notna().all() and sft.mean_length.notna().all():
             # Length is where a policy most often buys reward it was not meant to (reward hacking shows here).
             sft_len = float(sft.mean_length.mean())

@@ -65,7 +65,7 @@ def setup_lines(run_root: Path) -> list[str]:
             f"documents ({dm.get('train_by_corpus')}); the validation prefixes choose fronts, settings and r_phi's "
             "checkpoint, the test prefixes give every number reported.",
             f"- Tokenizer: vocabulary {tm.get('vocab_size')}.",
-            f"- SFT policy (pi_ref) of pipeline seed 0: {_fmt(sm.get('n_params', 0) / 1e6, 2)}M parameters, "
+            f"- SFT policy (π_ref) of pipeline seed 0: {_fmt(sm.get('n_params', 0) / 1e6, 2)}M parameters, "
             f"{sm.get('steps')} steps; held-out perplexity {sm.get('eval_perplexity')} (every pipeline seed: "
             "Reproducibility below).",
             f"- r* ({rm.get('kind')}): held-out accuracy {rm.get('test_accuracy')} "
@@ -189,14 +189,15 @@ def final_checkpoints(df: pd.DataFrame) -> list[str]:
     """One row per (method, param): the last checkpoint of each seed's run, averaged across seeds."""
     finals = _finals(df)
     lines = ["## Final checkpoint of each run, mean across seeds", "",
-             "Last evaluated checkpoint of each run, averaged over its seeds. KL = sequence-level KL(pi || pi_SFT) in "
+             "Last evaluated checkpoint of each run, averaged over its seeds. KL = sequence-level KL(π ‖ π_SFT) in "
              "nats, estimated from n samples of the policy on held-out prefixes (EOS included, full-distribution "
              "sampling)" + ("; Best-of-N's is analytic" if "kl_kind" in finals and (finals.kl_kind == "analytic").any()
                else "")
              + "; sd = sample sd of r* across seeds. Every checkpoint of every seed is in frontier.csv.", "",
-             *table_head(["method", "param", "seeds", "KL", "r*", "sd of r*", "mean len", "EOS rate"])]
+             *table_head(["method", "setting", "seeds", "KL", "r*", "sd of r*", "mean len", "EOS rate"])]
     for (method, param), g in finals.groupby(["method", "param"], dropna=False, sort=False):
-        lines.append(f"| {method} | {'' if pd.isna(param) else f'{param:g}'} | {len(g)} | {_fmt(g.kl.mean())} | "
+        setting = "" if pd.isna(param) else f"{names.param_name(method)} {param:g}"
+        lines.append(f"| {names.display_name(method)} | {setting} | {len(g)} | {_fmt(g.kl.mean())} | "
                      f"{_fmt(g.reward.mean(), 4)} | {_fmt(g.reward.std(ddof=1), 4)} | "
                      f"{_fmt(g.mean_length.mean(), 1)} | {_fmt(g.eos_rate.mean(), 2)} |")
     return lines + [""]

@@ -1,0 +1,466 @@
+"""One-GPU smoke test of the paper presets' risky paths (make gpu-smoke): random weights at the real shapes, built on
+the device in the precision under test (no Hub), one step of each path through the project's own code, so a GPU
+user learns in under 10 minutes on one H100 whether the paper presets fit and how fast they go. Cases:
+
+  generation    gpt2-large (sentiment_paper) and GPT-J 6B (summarization_paper) sampling at the presets' batch and
+                length in bf16 and fp32 (TF32 on), and the bf16 samples' per-token log-probs under bf16 and fp32
+                copies of the same weights (what mixing precisions does to the KL estimate)
+  ppo           one PPO step (baselines/ppo.py) at gpt2-large shape, sentiment paper preset (1,024 rollouts)
+  dpo           one DPO step at GPT-J shape as pipelines/dpo.py builds the summarization paper preset; on
+                out-of-memory retried once at 4 layers
+  reward_model  r_phi's scoring pass at gpt2-large shape over 1,024 sequences, fp32 vs bf16
+
+  python -m pipelines.gpu_smoke [--dry] [--out results/bench] [--only CASE ...] [--gptj-layers 28]
+
+Writes <out>/gpu-smoke-<device>.json and .md (seconds, tokens / s, peak GPU memory, MFU) and rebuilds the index
+<out>.md, where the record is a column of the step table. --dry: the same code at tiny shapes on the CPU (the tests);
+its default --out is under runs/, so no dry record enters results/bench.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from omegaconf import DictConfig, OmegaConf
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM
+from transformers.trainer_callback import PrinterCallback
+from trl import DPOConfig
+
+from pipelines.bench import CONF, _StepTimer, _timed, _tokenizer, _trained, peak_tflops
+from pipelines.bench_e2e import machine, write_index
+from pipelines.dpo import SampledTokenDPOTrainer, loss_options
+from pipelines.infra.cost_meter import meter
+from pipelines.infra.device import use_bf16
+from pipelines.infra.provenance import environment, git_sha, versions
+from pipelines.lm.lm_head import apply_to_trainer
+from pipelines.lm.models import attn_kwargs
+from pipelines.lm.sampling import completion_token_logprobs, sample_completions
+from pipelines.lm.scorers import RewardModelScorer
+
+CASES = ("generation", "ppo", "dpo", "reward_model")
+NO_GPU = "make gpu-smoke needs a CUDA GPU; `--dry` runs the same code at tiny shapes on CPU"
+# The shapes of the presets' pretrained models (their Hub config.json: gpt2-large, EleutherAI/gpt-j-6b), keyed by
+# conf/model name; the model configs name only the Hub id. --dry shrinks every model to DRY.
+SHAPES = {"gpt2_large": {"n_layer": 36, "n_embd": 1280, "n_head": 20, "n_positions": 1024, "vocab_size": 50257},
+          "gptj_6b": {"n_layer": 28, "n_embd": 4096, "n_head": 16, "rotary_dim": 64, "n_positions": 2048,
+                      "vocab_size": 50400}}
+DRY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 512}
+ARCH = {"gpt2_large": (GPT2Config, GPT2LMHeadModel), "gptj_6b": (GPTJConfig, GPTJForCausalLM)}
+RETRY_LAYERS = 4  # GPT-J layers of the DPO retry after an out-of-memory at the full depth
+EOS = 0  # eos = pad = 0 in every model here; prompts never contain it
+
+
+@dataclass
+class Smoke:
+    """The run's settings: tiny shapes (dry) or the real ones, the device, timed repeats per measurement."""
+    args: argparse.Namespace
+    device: str
+
+    def small(self, real, dry):
+        return dry if self.args.dry else real
+
+
+@dataclass
+class Preset:
+    """A paper experiment's model (name, config) and task config, as the experiment overrides them."""
+    model_name: str
+    model: DictConfig
+    task: DictConfig
+
+
+def preset(experiment: str) -> Preset:
+    """conf/experiment/<experiment>.yaml's model and task (its `override /model` and `/task` defaults, then its own
+    task keys), read the way Hydra composes them, without composing the whole config."""
+    exp = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml")
+    chosen = {k.removeprefix("override /"): v for d in exp.get("defaults", []) if isinstance(d, DictConfig)
+              for k, v in d.items()}
+    model_name, task_name = chosen["model"], chosen.get("task", "sentiment")
+    task = OmegaConf.merge(OmegaConf.load(CONF / "task" / f"{task_name}.yaml"), exp.get("task", {}))
+    return Preset(model_name, OmegaConf.load(CONF / "model" / f"{model_name}.yaml"), task)
+
+
+def model_config(s: Smoke, name: str, **override):
+    """The transformers config of model `name` at its real shape (or the dry one), EOS = pad = 0."""
+    shape = {**SHAPES[name], **(DRY if s.args.dry else {}), **override}
+    if s.args.dry and "rotary_dim" in shape:
+        shape["rotary_dim"] = 8
+    return ARCH[name][0](**shape, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
+
+
+def build(cls, config, s: Smoke, dtype: torch.dtype):
+    """A random-weight model created on the device in `dtype` (a 6B model is never built on the host first),
+    metered for the FLOPs of MFU, in eval mode (dropout off, as every stage samples and scores)."""
+    with torch.device(s.device):
+        model = cls._from_config(config, dtype=dtype, **attn_kwargs())
+    return meter(model).eval()
+
+
+def random_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, vocab, (n, length), generator=gen).tolist()
+
+
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+@contextmanager
+def tf32(on: bool):
+    """TF32 tensor-core matmuls for fp32 (what an fp32 run on an Ampere-or-newer GPU would switch on)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def measured(fn, repeats: int, tokens_of) -> tuple[dict, object]:
+    """bench's median time (after a warm-up call) and FLOPs of `fn`, with the tokens of one call (`tokens_of` of its
+    last result), tokens / s and the peak GPU memory of the timed calls (resident weights included)."""
+    last = []
+    r = _timed(lambda: last.append(fn()), repeats)
+    r["tokens"] = int(tokens_of(last[-1]))
+    r["tokens_per_s"] = round(r["tokens"] / r["median_s"], 1)
+    r["peak_memory_gib"] = peak_gib()
+    return r, last[-1]
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def guarded(fn, *args) -> dict:
+    """fn(*args), or {"error": "out of memory", ...} when the GPU runs out: the memory is freed (after the
+    exception, whose frames hold the tensors, is gone) and the script goes on."""
+    try:
+        return fn(*args)
+    except RuntimeError as err:  # torch.OutOfMemoryError, or a CUDA library's "out of memory" RuntimeError
+        if not isinstance(err, torch.cuda.OutOfMemoryError) and "out of memory" not in str(err):
+            raise
+        failed = {"error": "out of memory", "message": str(err).splitlines()[0][:300], "peak_memory_gib": peak_gib()}
+    free_memory()
+    return failed
+
+
+# -- the cases ---------------------------------------------------------------------------------------------------
+def logprob_gap(low: list[torch.Tensor], high: list[torch.Tensor]) -> dict:
+    """How far bf16 per-token log-probs are from fp32 ones of the same weights on the same tokens, per token and
+    summed per sequence (the sequence sums are what the KL estimate and DPO's log-ratios are made of)."""
+    per_token = torch.cat([(a.float() - b.float()).cpu() for a, b in zip(low, high)])
+    per_seq = torch.tensor([float(a.float().sum() - b.float().sum()) for a, b in zip(low, high)])
+    return {"tokens": per_token.numel(), "sequences": per_seq.numel(),
+            "mean_abs_token_logprob_diff": float(per_token.abs().mean()),
+            "max_abs_token_logprob_diff": float(per_token.abs().max()),
+            "mean_abs_sequence_logprob_diff": float(per_seq.abs().mean()),
+            "max_abs_sequence_logprob_diff": float(per_seq.abs().max()),
+            "mean_sequence_logprob_diff_bf16_minus_fp32": float(per_seq.mean())}
+
+
+@torch.no_grad()
+def token_logprobs(model, prompts, completions, chunk: int = 32) -> list[torch.Tensor]:
+    return [t for i in range(0, len(prompts), chunk)
+            for t in completion_token_logprobs(model, prompts[i:i + chunk], completions[i:i + chunk])]
+
+
+def generation_of(s: Smoke, experiment: str) -> dict:
+    """Sampling (pipelines.lm.sampling, transformers' generate) of one preset's model at its generation batch and
+    length: bf16 weights, then the same weights in fp32 (TF32 on); the bf16 samples scored by both."""
+    p = preset(experiment)
+    g = p.task.generation
+    batch, new, length = s.small((g.batch_size, g.max_new_tokens, 64), (4, 8, 16))
+    config = model_config(s, p.model_name)
+    prompts = random_prompts(batch, length, config.vocab_size)
+    model = build(ARCH[p.model_name][1], config, s, torch.bfloat16)
+
+    def sample():
+        return sample_completions(model, prompts, max_new_tokens=new, eos_id=EOS, pad_id=EOS, batch_size=batch,
+                                  seed=0)
+    results, logps = {}, {}
+    for precision in ("bf16", "fp32"):
+        if precision == "fp32":
+            model = model.float()  # in place: the bf16 weights, exactly, in fp32
+        with tf32(precision == "fp32" and s.device == "cuda"):
+            r, completions = measured(sample, s.args.repeats, lambda c: sum(len(x) for x in c))
+        results[f"generate_{p.model_name}_{batch}x{new}_{precision}"] = r
+        if precision == "bf16":
+            samples = completions
+        logps[precision] = token_logprobs(model, prompts, samples)  # fp32 scoring as the stages do: TF32 off
+    return {"results": results, "tf32_for_fp32_sampling": s.device == "cuda",
+            "n_params": sum(q.numel() for q in model.parameters()),
+            "bf16_vs_fp32_logprobs_of_bf16_samples": logprob_gap(logps["bf16"], logps["fp32"])}
+
+
+def case_generation(s: Smoke) -> dict:
+    out = {"results": {}, "precision_check": {}, "n_params": {}}
+    for experiment in ("sentiment_paper", "summarization_paper"):
+        got = guarded(generation_of, s, experiment)
+        free_memory()
+        name = preset(experiment).model_name
+        if "error" in got:
+            out.setdefault("errors", {})[name] = got
+            continue
+        out["results"].update(got["results"])
+        out["precision_check"][name] = got["bf16_vs_fp32_logprobs_of_bf16_samples"]
+        out["n_params"][name] = got["n_params"]
+        out["tf32_for_fp32_sampling"] = got["tf32_for_fp32_sampling"]
+    return out
+
+
+def case_ppo(s: Smoke) -> dict:
+    """One PPO step of ours at gpt2-large shape, sentiment paper preset: conf/method/ppo.yaml with the preset's
+    method keys (batch, minibatch, micro-batch, epochs), bf16 autocast where the model config asks for it on this
+    device; policy, reference and value model built as make bench builds them (fp32 weights)."""
+    from baselines.ppo import PPO, ValueModel
+
+    p = preset("sentiment_paper")
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "method" / "ppo.yaml"),
+                          OmegaConf.load(CONF / "method_preset" / "sentiment_paper" / "ppo.yaml").method)
+    if s.args.dry:
+        cfg.batch_size, cfg.minibatch_size, cfg.micro_batch_size = 8, 4, 2
+    g = p.task.generation
+    batch, new = s.small((g.batch_size, g.max_new_tokens), (4, 8))
+    config = model_config(s, p.model_name)
+    bf16 = use_bf16(p.model.precision, s.device)
+    policy, ref = (build(GPT2LMHeadModel, config, s, torch.float32) for _ in range(2))
+    value = meter(ValueModel(build(GPT2LMHeadModel, config, s, torch.float32).transformer)).to(s.device)
+    ppo = PPO(policy, ref, value, lambda prompts, completions: [len(c) / new for c in completions], cfg,
+              eos_id=EOS, pad_id=EOS, max_new_tokens=new, seed=0, generation_batch_size=batch, bf16=bf16)
+    prompts = random_prompts(cfg.batch_size, s.small(p.task.prompt.max_tokens, 4), config.vocab_size)
+    steps = iter(range(10 ** 6))
+    # Warm-up + 1 timed step by default (a step of 1,024 rollouts takes about a minute).
+    r, stats = measured(lambda: ppo.step(next(steps), prompts), max(1, s.args.repeats - 1),
+                        lambda _: len(prompts) * (len(prompts[0]) + new))
+    r["rollout_s"] = round(stats["time/rollout_s"], 3)
+    name = f"ppo_step_{p.model_name}_{cfg.batch_size}_rollouts_{cfg.ppo_epochs}_epochs" + ("_bf16" if bf16 else "")
+    settings = {k: cfg[k] for k in ("batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs")}
+    return {"results": {name: r}, "bf16": bf16,
+            "settings": {**settings, "generation_batch_size": batch, "max_new_tokens": new}}
+
+
+def dpo_attempt(s: Smoke, layers: int) -> dict:
+    """One DPO run of (repeats + 1) optimiser steps at GPT-J shape with `layers` layers, configured as
+    pipelines/dpo.py configures the summarization paper preset: DPOConfig from pipelines.lm.trainer.training_args
+    (RMSprop, learning rate, warm-up, per-device batch, accumulation, bf16, no gradient checkpointing) and the
+    reference log-probs stored by the pairs stage (no reference model); prompts of the preset's max length."""
+    from pipelines.lm.trainer import training_args
+
+    p = preset("summarization_paper")
+    m = OmegaConf.merge(OmegaConf.load(CONF / "method" / "dpo.yaml"),
+                        OmegaConf.load(CONF / "method_preset" / "summarization_paper" / "dpo.yaml").method)
+    if s.args.dry:
+        m.batch_size, m.gradient_accumulation_steps = 2, 2
+    cfg = OmegaConf.create({"method": m, "model": p.model, "wandb": {"mode": "disabled"}, "seed": 0})
+    steps = s.args.repeats + 1
+    length, new = s.small((p.task.prompt.max_tokens, p.task.generation.max_new_tokens), (16, 8))
+    config = model_config(s, p.model_name, n_layer=layers)
+    n_pairs = m.batch_size * m.gradient_accumulation_steps * steps
+    prompts = random_prompts(n_pairs, length, config.vocab_size, seed=1)
+    completions = random_prompts(2 * n_pairs, new, config.vocab_size, seed=2)
+    pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": completions[:n_pairs],
+                               "rejected_ids": completions[n_pairs:], "ref_chosen_logps": [-100.0] * n_pairs,
+                               "ref_rejected_logps": [-100.0] * n_pairs})
+    policy = build(GPTJForCausalLM, config, s, torch.float32)  # fp32 master weights, as load_policy loads them
+    n_params, per_layer = (sum(q.numel() for q in x.parameters()) for x in (policy, policy.transformer.h[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = {**training_args(cfg, Path(tmp)), "max_steps": steps, "disable_tqdm": True, "save_strategy": "no"}
+        args = DPOConfig(beta=m.beta, max_length=None, precompute_ref_log_probs=True, **loss_options(m), **targs)
+        trainer = SampledTokenDPOTrainer(model=policy, ref_model=None, args=args, train_dataset=pairs,
+                                         processing_class=_tokenizer(config.vocab_size),
+                                         callbacks=[timer := _StepTimer()])
+        trainer.remove_callback(PrinterCallback)  # no log dictionaries between the progress lines
+        apply_to_trainer(trainer, p.model.dense_logits)
+        r = _trained(trainer, timer)
+    r["tokens"] = 2 * m.batch_size * m.gradient_accumulation_steps * (length + new)
+    r["tokens_per_s"] = round(r["tokens"] / r["median_s"], 1)
+    r["peak_memory_gib"] = peak_gib()
+    del trainer, policy
+    free_memory()
+    name = f"dpo_step_{p.model_name}_{layers}_layers_{m.batch_size * m.gradient_accumulation_steps}_pairs"
+    return {"layers": layers, "n_params": n_params, "params_per_layer": per_layer,
+            "results": {name + ("_bf16" if args.bf16 else ""): r},
+            "settings": {"optim": args.optim, "learning_rate": args.learning_rate, "per_device_batch": m.batch_size,
+                         "gradient_accumulation_steps": m.gradient_accumulation_steps, "bf16": args.bf16,
+                         "gradient_checkpointing": args.gradient_checkpointing, "stored_ref_logps": True,
+                         "prompt_tokens": length, "completion_tokens": new}}
+
+
+def case_dpo(s: Smoke) -> dict:
+    """DPO at the full GPT-J depth (--gptj-layers); on out-of-memory once more at RETRY_LAYERS layers."""
+    full = s.args.gptj_layers or SHAPES["gptj_6b"]["n_layer"]
+    attempts = [guarded(dpo_attempt, s, s.small(full, DRY["n_layer"]))]
+    if "error" in attempts[0]:
+        attempts[0]["layers"] = s.small(full, DRY["n_layer"])
+        attempts.append(guarded(dpo_attempt, s, s.small(RETRY_LAYERS, 1)))
+        attempts[-1].setdefault("layers", s.small(RETRY_LAYERS, 1))
+    done = next((a for a in attempts if "error" not in a), None)
+    out = {"attempts": attempts, "layers_used": done["layers"] if done else None}
+    if done is None:
+        return {**out, "error": "out of memory"}
+    if len(attempts) > 1:
+        layer = done["params_per_layer"]
+        out["note"] = (f"{attempts[0]['layers']} layers ran out of memory; {done['layers']} fit. Each further layer "
+                       "adds 12 bytes per parameter of training state (fp32 weight, gradient, RMSprop average) and "
+                       "its activations: extrapolate the peak linearly in the layer count (one layer: "
+                       f"{layer / 1e6:.0f}M parameters, {12 * layer / 2**30:.2f} GiB of state).")
+    return {**out, "results": done["results"]}
+
+
+def case_reward_model(s: Smoke) -> dict:
+    """r_phi's scoring pass (RewardModelScorer: right padding, the head at the last real token, no gradient) at
+    gpt2-large shape over 1,024 prompt + completion sequences of the sentiment preset's lengths, fp32 (TF32 on)
+    vs bf16 weights; also how far the bf16 scores are from the fp32 ones."""
+    p = preset("sentiment_paper")
+    g = p.task.generation
+    n, batch = s.small((1024, g.batch_size), (16, 4))
+    prompt_len, new = s.small((p.task.prompt.max_tokens, g.max_new_tokens), (4, 8))
+    config = model_config(s, p.model_name, num_labels=1)
+    prompts = random_prompts(n, prompt_len, config.vocab_size, seed=3)
+    # completions of every length from full down to full - 7, so padding and the last-token pick are exercised
+    completions = [c[:new - i % 8] for i, c in enumerate(random_prompts(n, new, config.vocab_size, seed=4))]
+    scorer = RewardModelScorer.__new__(RewardModelScorer)  # the scorer's own code, on a random model
+    scorer.model = build(GPT2ForSequenceClassification, config, s, torch.float32)
+    scorer.pad_id, scorer.device, scorer.batch_size = EOS, s.device, batch
+    results, scores = {}, {}
+    for precision in ("fp32", "bf16"):
+        if precision == "bf16":
+            scorer.model = scorer.model.to(torch.bfloat16)
+        with tf32(precision == "fp32" and s.device == "cuda"):
+            r, scores[precision] = measured(lambda: scorer(prompts, completions), s.args.repeats,
+                                            lambda _: sum(len(a) + len(b) for a, b in zip(prompts, completions)))
+        r["sequences"], r["sequences_per_s"] = n, round(n / r["median_s"], 1)
+        results[f"reward_model_score_{p.model_name}_{n}_sequences_{precision}"] = r
+    gap = (torch.tensor(scores["bf16"]) - torch.tensor(scores["fp32"])).abs()
+    return {"results": results, "bf16_vs_fp32_scores": {"mean_abs_diff": float(gap.mean()),
+                                                         "max_abs_diff": float(gap.max())}}
+
+
+# -- the record --------------------------------------------------------------------------------------------------
+def write_record(s: Smoke, cases: dict, argv: list[str]) -> Path:
+    """<out>/gpu-smoke-<device>.json and .md, then the index <out>.md (bench_e2e.write_index), which shows a record's
+    `results` (here every case's timings) as one column of its step table."""
+    cuda = s.device == "cuda"
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = peak_tflops(device_name) if cuda else None
+    flat = {name: r for c in cases.values() for name, r in c.get("results", {}).items()}
+    for r in flat.values():
+        if peak and "tflops_per_s" in r:
+            r["mfu"] = round(r["tflops_per_s"] / peak, 4)
+    gpt2 = model_config(s, "gpt2_large")
+    with torch.device("meta"):  # its parameter count, nothing allocated
+        gpt2_params = sum(q.numel() for q in GPT2LMHeadModel(gpt2).parameters())
+    record = {"kind": "gpu-smoke", "device": device_name, "dry": s.args.dry, "git_sha": git_sha(),
+              "machine": machine(), "environment": environment(), "versions": versions(), "arguments": argv,
+              "peak_bf16_tflops": peak,
+              "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+              # the index's model line reads these: the gpt2-large shape (the GPT-J results name their model)
+              "model": {"n_layer": gpt2.n_layer, "n_embd": gpt2.n_embd}, "vocab": gpt2.vocab_size,
+              "n_params": gpt2_params, "cases": cases, "results": flat}
+    out = Path(s.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = device_name.replace(" ", "_") + ("-dry" if s.args.dry else "")
+    path = out / f"gpu-smoke-{slug}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    path.with_suffix(".md").write_text("\n".join(record_page(record)) + "\n")
+    write_index(out)
+    return path
+
+
+def record_page(r: dict) -> list[str]:
+    cases, peak = r["cases"], r["peak_bf16_tflops"]
+    lines = [f"# GPU smoke test on {r['device']}" + (" (dry: tiny shapes)" if r["dry"] else ""), "",
+             f"`python -m pipelines.gpu_smoke {' '.join(r['arguments'])}` at `{r['git_sha']}`. {r['machine']} "
+             "Random weights. Tokens: generated (generation), rollout positions (PPO: rollouts x (prompt + max new "
+             "tokens)), pair positions of an optimiser step (DPO), scored positions (reward model). Peak memory: "
+             "torch.cuda.max_memory_allocated in the timed calls (resident weights included). FLOPs as make bench "
+             "counts them" + (f"; MFU against the dense bf16 peak, {peak:g} TFLOP/s (TF32's is half)." if peak
+                              else "."), "",
+             "| case | operation | seconds | tokens | tokens / s | TFLOP/s | MFU | peak GiB |", "|---" * 8 + "|"]
+    for case, c in cases.items():
+        for name, x in c.get("results", {}).items():
+            mfu = f"{100 * x['mfu']:.1f} %" if "mfu" in x else ""
+            lines.append(f"| {case} | {name} | {x['median_s']} (median of {x['repeats']}) | {x['tokens']} | "
+                         f"{x['tokens_per_s']} | {x.get('tflops_per_s', '')} | {mfu} | {x['peak_memory_gib']} |")
+        for name, e in ({case: c} if "error" in c else c.get("errors", {})).items():
+            lines.append(f"| {case} | {name}: **{e['error']}** | | | | | | {e.get('peak_memory_gib')} |")
+    lines += ["", "bf16 vs fp32 log-probs of the bf16 samples (nats; same weights):", "",
+              "| model | tokens | mean abs / token | max abs / token | mean abs / sequence | max abs / sequence | "
+              "mean bf16 - fp32 / sequence |", "|---" * 7 + "|"]
+    keys = ("mean_abs_token_logprob_diff", "max_abs_token_logprob_diff", "mean_abs_sequence_logprob_diff",
+            "max_abs_sequence_logprob_diff", "mean_sequence_logprob_diff_bf16_minus_fp32")
+    for name, g in cases.get("generation", {}).get("precision_check", {}).items():
+        lines.append(f"| {name} | {g['tokens']} | " + " | ".join(f"{g[k]:.4g}" for k in keys) + " |")
+    if rm := cases.get("reward_model", {}).get("bf16_vs_fp32_scores"):
+        lines += ["", f"Reward model: bf16 scores differ from fp32 by {rm['mean_abs_diff']:.4g} on average, "
+                  f"{rm['max_abs_diff']:.4g} at most."]
+    if dpo := cases.get("dpo", {}).get("attempts"):
+        tried = ", ".join(f"{a['layers']} layers: " + a.get("error", "ran") for a in dpo)
+        lines += ["", f"DPO at GPT-J shape: {tried}. {cases['dpo'].get('note', '')}".rstrip()]
+    return lines
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry", action="store_true", help="the same code at tiny shapes (CPU, seconds)")
+    ap.add_argument("--out", default=None, help="record folder (default results/bench; --dry: runs/gpu-smoke-dry)")
+    ap.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), metavar="CASE",
+                    help=f"run these cases only: {', '.join(CASES)}")
+    ap.add_argument("--gptj-layers", type=int, default=None, help="GPT-J layers of the DPO case (default 28)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed calls per measurement after a warm-up")
+    args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(Path(os.environ.get("RVD_RUNS", "runs")) / "gpu-smoke-dry") if args.dry else "results/bench"
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
+    if not args.dry and not torch.cuda.is_available():
+        print(NO_GPU, file=sys.stderr)
+        raise SystemExit(2)
+    s = Smoke(args, "cuda" if torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    if args.dry:  # tiny matrices gain nothing from threads; on a busy CPU, waiting for them is ~100x slower
+        torch.set_num_threads(1)
+    try:
+        cases = run_cases(s)
+    finally:
+        torch.set_num_threads(threads)
+    path = write_record(s, cases, argv)
+    print(f"gpu-smoke: wrote {path} and {path.with_suffix('.md')}")
+    return path
+
+
+def run_cases(s: Smoke) -> dict:
+    """Every case of --only in turn, each with its wall time and peak GPU memory; one progress line each."""
+    run = {"generation": case_generation, "ppo": case_ppo, "dpo": case_dpo, "reward_model": case_reward_model}
+    cases = {}
+    for case in (c for c in CASES if c in s.args.only):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        cases[case] = {**guarded(run[case], s), "seconds": round(time.perf_counter() - start, 2)}
+        free_memory()
+        peaks = [r.get("peak_memory_gib") for r in cases[case].get("results", {}).values()] + [peak_gib()]
+        cases[case]["peak_memory_gib"] = max((x for x in peaks if x is not None), default=None)
+        status = cases[case].get("error", "ok")
+        print(f"gpu-smoke: {case}: {status}, {cases[case]['seconds']:.1f} s, peak GPU memory "
+              f"{cases[case]['peak_memory_gib']} GiB", flush=True)
+    return cases
+
+
+if __name__ == "__main__":
+    main()
