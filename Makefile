@@ -34,7 +34,7 @@ MADE_BY = $(strip make $@ $(foreach v,SEEDS METHODS,$(if $($(v)),$(v)=\"$($(v))\
 
 .PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper reproduce-summarization \
 	reproduce-dialogue reproduce-summarization-paper reproduce-dialogue-paper sweep analyze-sentiment test test-fast \
-	test-all bench bench-e2e bench-e2e-seeds clean-runs
+	test-all bench bench-e2e bench-e2e-seeds gpu-smoke clean-runs
 
 help: ## list the targets and the variables they read
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -87,5 +87,7 @@ bench-e2e: $(VENV)/.installed ## time make reproduce-sentiment from an empty run
 	$(PY) -m pipelines.bench --e2e --make-args "$(BENCH_MAKE_ARGS)"
 bench-e2e-seeds: $(VENV)/.installed ## after bench-e2e: time adding seeds 1 and 2 (make reproduce-sentiment-seeds); adds it to results/bench/e2e-*
 	$(PY) -m pipelines.bench --seeds --make-args "$(BENCH_MAKE_ARGS)"
+gpu-smoke: $(VENV)/.installed ## one GPU, random weights at the paper shapes (no Hub), <10 min: PPO, DPO, generation fp32 vs bf16, reward scoring; record in results/bench/
+	$(PY) -m pipelines.gpu_smoke $(GPU_SMOKE_ARGS)
 clean-runs: ## delete training outputs under runs/ or $RVD_RUNS (results/ is kept)
 	rm -rf -- "$(RUNS)"

@@ -25,8 +25,8 @@ import os
 import sys
 import tempfile
 import time
+from collections import namedtuple
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,26 +56,19 @@ SHAPES = {"gpt2_large": {"n_layer": 36, "n_embd": 1280, "n_head": 20, "n_positio
                       "vocab_size": 50400}}
 DRY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 512}
 ARCH = {"gpt2_large": (GPT2Config, GPT2LMHeadModel), "gptj_6b": (GPTJConfig, GPTJForCausalLM)}
+DPO_SETTINGS = ("optim", "learning_rate", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "max_grad_norm", "bf16", "gradient_checkpointing")  # recorded from the DPOConfig the case built
 RETRY_LAYERS = 4  # GPT-J layers of the DPO retry after an out-of-memory at the full depth
 EOS = 0  # eos = pad = 0 in every model here; prompts never contain it
 
 
-@dataclass
-class Smoke:
-    """The run's settings: tiny shapes (dry) or the real ones, the device, timed repeats per measurement."""
-    args: argparse.Namespace
-    device: str
-
-    def small(self, real, dry):
-        return dry if self.args.dry else real
+def pick(a: argparse.Namespace, real, dry):
+    """The real count or shape, or its tiny stand-in under --dry."""
+    return dry if a.dry else real
 
 
-@dataclass
-class Preset:
-    """A paper experiment's model (name, config) and task config, as the experiment overrides them."""
-    model_name: str
-    model: DictConfig
-    task: DictConfig
+# A paper experiment's model (conf/model name and config) and task config, as the experiment overrides them.
+Preset = namedtuple("Preset", "model_name model task")
 
 
 def preset(experiment: str) -> Preset:
@@ -89,18 +82,24 @@ def preset(experiment: str) -> Preset:
     return Preset(model_name, OmegaConf.load(CONF / "model" / f"{model_name}.yaml"), task)
 
 
-def model_config(s: Smoke, name: str, **override):
+def method_config(method: str, experiment: str) -> DictConfig:
+    """conf/method/<method>.yaml with the experiment's method preset over it."""
+    return OmegaConf.merge(OmegaConf.load(CONF / "method" / f"{method}.yaml"),
+                           OmegaConf.load(CONF / "method_preset" / experiment / f"{method}.yaml").method)
+
+
+def model_config(a: argparse.Namespace, name: str, **override):
     """The transformers config of model `name` at its real shape (or the dry one), EOS = pad = 0."""
-    shape = {**SHAPES[name], **(DRY if s.args.dry else {}), **override}
-    if s.args.dry and "rotary_dim" in shape:
+    shape = {**SHAPES[name], **(DRY if a.dry else {}), **override}
+    if a.dry and "rotary_dim" in shape:
         shape["rotary_dim"] = 8
     return ARCH[name][0](**shape, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
 
 
-def build(cls, config, s: Smoke, dtype: torch.dtype):
+def build(cls, config, a: argparse.Namespace, dtype: torch.dtype):
     """A random-weight model created on the device in `dtype` (a 6B model is never built on the host first),
     metered for the FLOPs of MFU, in eval mode (dropout off, as every stage samples and scores)."""
-    with torch.device(s.device):
+    with torch.device(a.device):
         model = cls._from_config(config, dtype=dtype, **attn_kwargs())
     return meter(model).eval()
 
@@ -130,10 +129,12 @@ def measured(fn, repeats: int, tokens_of) -> tuple[dict, object]:
     last result), tokens / s and the peak GPU memory of the timed calls (resident weights included)."""
     last = []
     r = _timed(lambda: last.append(fn()), repeats)
-    r["tokens"] = int(tokens_of(last[-1]))
-    r["tokens_per_s"] = round(r["tokens"] / r["median_s"], 1)
-    r["peak_memory_gib"] = peak_gib()
-    return r, last[-1]
+    return rated(r, tokens_of(last[-1])), last[-1]
+
+
+def rated(r: dict, tokens: int) -> dict:
+    """A timing with its tokens per call, tokens / s and the peak GPU memory since the timing began."""
+    return {**r, "tokens": int(tokens), "tokens_per_s": round(tokens / r["median_s"], 1), "peak_memory_gib": peak_gib()}
 
 
 def free_memory() -> None:
@@ -161,11 +162,9 @@ def logprob_gap(low: list[torch.Tensor], high: list[torch.Tensor]) -> dict:
     summed per sequence (the sequence sums are what the KL estimate and DPO's log-ratios are made of)."""
     per_token = torch.cat([(a.float() - b.float()).cpu() for a, b in zip(low, high)])
     per_seq = torch.tensor([float(a.float().sum() - b.float().sum()) for a, b in zip(low, high)])
-    return {"tokens": per_token.numel(), "sequences": per_seq.numel(),
-            "mean_abs_token_logprob_diff": float(per_token.abs().mean()),
-            "max_abs_token_logprob_diff": float(per_token.abs().max()),
-            "mean_abs_sequence_logprob_diff": float(per_seq.abs().mean()),
-            "max_abs_sequence_logprob_diff": float(per_seq.abs().max()),
+    gaps = {f"{stat}_abs_{kind}_logprob_diff": float(getattr(x.abs(), stat)())
+            for kind, x in (("token", per_token), ("sequence", per_seq)) for stat in ("mean", "max")}
+    return {"tokens": per_token.numel(), "sequences": per_seq.numel(), **gaps,
             "mean_sequence_logprob_diff_bf16_minus_fp32": float(per_seq.mean())}
 
 
@@ -175,15 +174,15 @@ def token_logprobs(model, prompts, completions, chunk: int = 32) -> list[torch.T
             for t in completion_token_logprobs(model, prompts[i:i + chunk], completions[i:i + chunk])]
 
 
-def generation_of(s: Smoke, experiment: str) -> dict:
+def generation_of(a: argparse.Namespace, experiment: str) -> dict:
     """Sampling (pipelines.lm.sampling, transformers' generate) of one preset's model at its generation batch and
     length: bf16 weights, then the same weights in fp32 (TF32 on); the bf16 samples scored by both."""
     p = preset(experiment)
     g = p.task.generation
-    batch, new, length = s.small((g.batch_size, g.max_new_tokens, 64), (4, 8, 16))
-    config = model_config(s, p.model_name)
+    batch, new, length = pick(a, (g.batch_size, g.max_new_tokens, 64), (4, 8, 16))
+    config = model_config(a, p.model_name)
     prompts = random_prompts(batch, length, config.vocab_size)
-    model = build(ARCH[p.model_name][1], config, s, torch.bfloat16)
+    model = build(ARCH[p.model_name][1], config, a, torch.bfloat16)
 
     def sample():
         return sample_completions(model, prompts, max_new_tokens=new, eos_id=EOS, pad_id=EOS, batch_size=batch,
@@ -192,56 +191,51 @@ def generation_of(s: Smoke, experiment: str) -> dict:
     for precision in ("bf16", "fp32"):
         if precision == "fp32":
             model = model.float()  # in place: the bf16 weights, exactly, in fp32
-        with tf32(precision == "fp32" and s.device == "cuda"):
-            r, completions = measured(sample, s.args.repeats, lambda c: sum(len(x) for x in c))
+        with tf32(precision == "fp32" and a.device == "cuda"):
+            r, completions = measured(sample, a.repeats, lambda c: sum(len(x) for x in c))
         results[f"generate_{p.model_name}_{batch}x{new}_{precision}"] = r
         if precision == "bf16":
             samples = completions
         logps[precision] = token_logprobs(model, prompts, samples)  # fp32 scoring as the stages do: TF32 off
-    return {"results": results, "tf32_for_fp32_sampling": s.device == "cuda",
-            "n_params": sum(q.numel() for q in model.parameters()),
-            "bf16_vs_fp32_logprobs_of_bf16_samples": logprob_gap(logps["bf16"], logps["fp32"])}
+    return {"results": results, "precision": logprob_gap(logps["bf16"], logps["fp32"])}
 
 
-def case_generation(s: Smoke) -> dict:
-    out = {"results": {}, "precision_check": {}, "n_params": {}}
+def case_generation(a: argparse.Namespace) -> dict:
+    """Both paper models' sampling; one running out of memory leaves the other's numbers."""
+    out = {"results": {}, "precision_check": {}, "tf32_for_fp32_sampling": a.device == "cuda"}
     for experiment in ("sentiment_paper", "summarization_paper"):
-        got = guarded(generation_of, s, experiment)
+        name, got = preset(experiment).model_name, guarded(generation_of, a, experiment)
         free_memory()
-        name = preset(experiment).model_name
         if "error" in got:
             out.setdefault("errors", {})[name] = got
-            continue
-        out["results"].update(got["results"])
-        out["precision_check"][name] = got["bf16_vs_fp32_logprobs_of_bf16_samples"]
-        out["n_params"][name] = got["n_params"]
-        out["tf32_for_fp32_sampling"] = got["tf32_for_fp32_sampling"]
+        else:
+            out["results"].update(got["results"])
+            out["precision_check"][name] = got["precision"]
     return out
 
 
-def case_ppo(s: Smoke) -> dict:
+def case_ppo(a: argparse.Namespace) -> dict:
     """One PPO step of ours at gpt2-large shape, sentiment paper preset: conf/method/ppo.yaml with the preset's
     method keys (batch, minibatch, micro-batch, epochs), bf16 autocast where the model config asks for it on this
     device; policy, reference and value model built as make bench builds them (fp32 weights)."""
     from baselines.ppo import PPO, ValueModel
 
     p = preset("sentiment_paper")
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / "method" / "ppo.yaml"),
-                          OmegaConf.load(CONF / "method_preset" / "sentiment_paper" / "ppo.yaml").method)
-    if s.args.dry:
+    cfg = method_config("ppo", "sentiment_paper")
+    if a.dry:
         cfg.batch_size, cfg.minibatch_size, cfg.micro_batch_size = 8, 4, 2
     g = p.task.generation
-    batch, new = s.small((g.batch_size, g.max_new_tokens), (4, 8))
-    config = model_config(s, p.model_name)
-    bf16 = use_bf16(p.model.precision, s.device)
-    policy, ref = (build(GPT2LMHeadModel, config, s, torch.float32) for _ in range(2))
-    value = meter(ValueModel(build(GPT2LMHeadModel, config, s, torch.float32).transformer)).to(s.device)
+    batch, new = pick(a, (g.batch_size, g.max_new_tokens), (4, 8))
+    config = model_config(a, p.model_name)
+    bf16 = use_bf16(p.model.precision, a.device)
+    policy, ref = (build(GPT2LMHeadModel, config, a, torch.float32) for _ in range(2))
+    value = meter(ValueModel(build(GPT2LMHeadModel, config, a, torch.float32).transformer)).to(a.device)
     ppo = PPO(policy, ref, value, lambda prompts, completions: [len(c) / new for c in completions], cfg,
               eos_id=EOS, pad_id=EOS, max_new_tokens=new, seed=0, generation_batch_size=batch, bf16=bf16)
-    prompts = random_prompts(cfg.batch_size, s.small(p.task.prompt.max_tokens, 4), config.vocab_size)
+    prompts = random_prompts(cfg.batch_size, pick(a, p.task.prompt.max_tokens, 4), config.vocab_size)
     steps = iter(range(10 ** 6))
     # Warm-up + 1 timed step by default (a step of 1,024 rollouts takes about a minute).
-    r, stats = measured(lambda: ppo.step(next(steps), prompts), max(1, s.args.repeats - 1),
+    r, stats = measured(lambda: ppo.step(next(steps), prompts), max(1, a.repeats - 1),
                         lambda _: len(prompts) * (len(prompts[0]) + new))
     r["rollout_s"] = round(stats["time/rollout_s"], 3)
     name = f"ppo_step_{p.model_name}_{cfg.batch_size}_rollouts_{cfg.ppo_epochs}_epochs" + ("_bf16" if bf16 else "")
@@ -250,7 +244,7 @@ def case_ppo(s: Smoke) -> dict:
             "settings": {**settings, "generation_batch_size": batch, "max_new_tokens": new}}
 
 
-def dpo_attempt(s: Smoke, layers: int) -> dict:
+def dpo_attempt(a: argparse.Namespace, layers: int) -> dict:
     """One DPO run of (repeats + 1) optimiser steps at GPT-J shape with `layers` layers, configured as
     pipelines/dpo.py configures the summarization paper preset: DPOConfig from pipelines.lm.trainer.training_args
     (RMSprop, learning rate, warm-up, per-device batch, accumulation, bf16, no gradient checkpointing) and the
@@ -258,21 +252,20 @@ def dpo_attempt(s: Smoke, layers: int) -> dict:
     from pipelines.lm.trainer import training_args
 
     p = preset("summarization_paper")
-    m = OmegaConf.merge(OmegaConf.load(CONF / "method" / "dpo.yaml"),
-                        OmegaConf.load(CONF / "method_preset" / "summarization_paper" / "dpo.yaml").method)
-    if s.args.dry:
+    m = method_config("dpo", "summarization_paper")
+    if a.dry:
         m.batch_size, m.gradient_accumulation_steps = 2, 2
     cfg = OmegaConf.create({"method": m, "model": p.model, "wandb": {"mode": "disabled"}, "seed": 0})
-    steps = s.args.repeats + 1
-    length, new = s.small((p.task.prompt.max_tokens, p.task.generation.max_new_tokens), (16, 8))
-    config = model_config(s, p.model_name, n_layer=layers)
+    steps = a.repeats + 1
+    length, new = pick(a, (p.task.prompt.max_tokens, p.task.generation.max_new_tokens), (16, 8))
+    config = model_config(a, p.model_name, n_layer=layers)
     n_pairs = m.batch_size * m.gradient_accumulation_steps * steps
     prompts = random_prompts(n_pairs, length, config.vocab_size, seed=1)
     completions = random_prompts(2 * n_pairs, new, config.vocab_size, seed=2)
     pairs = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": completions[:n_pairs],
                                "rejected_ids": completions[n_pairs:], "ref_chosen_logps": [-100.0] * n_pairs,
                                "ref_rejected_logps": [-100.0] * n_pairs})
-    policy = build(GPTJForCausalLM, config, s, torch.float32)  # fp32 master weights, as load_policy loads them
+    policy = build(GPTJForCausalLM, config, a, torch.float32)  # fp32 master weights, as load_policy loads them
     n_params, per_layer = (sum(q.numel() for q in x.parameters()) for x in (policy, policy.transformer.h[0]))
     with tempfile.TemporaryDirectory() as tmp:
         targs = {**training_args(cfg, Path(tmp)), "max_steps": steps, "disable_tqdm": True, "save_strategy": "no"}
@@ -282,30 +275,23 @@ def dpo_attempt(s: Smoke, layers: int) -> dict:
                                          callbacks=[timer := _StepTimer()])
         trainer.remove_callback(PrinterCallback)  # no log dictionaries between the progress lines
         apply_to_trainer(trainer, p.model.dense_logits)
-        r = _trained(trainer, timer)
-    r["tokens"] = 2 * m.batch_size * m.gradient_accumulation_steps * (length + new)
-    r["tokens_per_s"] = round(r["tokens"] / r["median_s"], 1)
-    r["peak_memory_gib"] = peak_gib()
+        r = rated(_trained(trainer, timer), 2 * m.batch_size * m.gradient_accumulation_steps * (length + new))
     del trainer, policy
     free_memory()
     name = f"dpo_step_{p.model_name}_{layers}_layers_{m.batch_size * m.gradient_accumulation_steps}_pairs"
     return {"layers": layers, "n_params": n_params, "params_per_layer": per_layer,
             "results": {name + ("_bf16" if args.bf16 else ""): r},
-            "settings": {"optim": args.optim, "learning_rate": args.learning_rate, "per_device_batch": m.batch_size,
-                         "gradient_accumulation_steps": m.gradient_accumulation_steps, "bf16": args.bf16,
-                         "gradient_checkpointing": args.gradient_checkpointing, "stored_ref_logps": True,
+            "settings": {**{k: getattr(args, k) for k in DPO_SETTINGS}, "stored_ref_logps": True,
                          "prompt_tokens": length, "completion_tokens": new}}
 
 
-def case_dpo(s: Smoke) -> dict:
+def case_dpo(a: argparse.Namespace) -> dict:
     """DPO at the full GPT-J depth (--gptj-layers); on out-of-memory once more at RETRY_LAYERS layers."""
-    full = s.args.gptj_layers or SHAPES["gptj_6b"]["n_layer"]
-    attempts = [guarded(dpo_attempt, s, s.small(full, DRY["n_layer"]))]
+    full, retry = pick(a, (a.gptj_layers or SHAPES["gptj_6b"]["n_layer"], RETRY_LAYERS), (DRY["n_layer"], 1))
+    attempts = [{"layers": full, **guarded(dpo_attempt, a, full)}]
     if "error" in attempts[0]:
-        attempts[0]["layers"] = s.small(full, DRY["n_layer"])
-        attempts.append(guarded(dpo_attempt, s, s.small(RETRY_LAYERS, 1)))
-        attempts[-1].setdefault("layers", s.small(RETRY_LAYERS, 1))
-    done = next((a for a in attempts if "error" not in a), None)
+        attempts.append({"layers": retry, **guarded(dpo_attempt, a, retry)})
+    done = next((x for x in attempts if "error" not in x), None)
     out = {"attempts": attempts, "layers_used": done["layers"] if done else None}
     if done is None:
         return {**out, "error": "out of memory"}
@@ -318,28 +304,28 @@ def case_dpo(s: Smoke) -> dict:
     return {**out, "results": done["results"]}
 
 
-def case_reward_model(s: Smoke) -> dict:
+def case_reward_model(a: argparse.Namespace) -> dict:
     """r_phi's scoring pass (RewardModelScorer: right padding, the head at the last real token, no gradient) at
     gpt2-large shape over 1,024 prompt + completion sequences of the sentiment preset's lengths, fp32 (TF32 on)
     vs bf16 weights; also how far the bf16 scores are from the fp32 ones."""
     p = preset("sentiment_paper")
     g = p.task.generation
-    n, batch = s.small((1024, g.batch_size), (16, 4))
-    prompt_len, new = s.small((p.task.prompt.max_tokens, g.max_new_tokens), (4, 8))
-    config = model_config(s, p.model_name, num_labels=1)
+    n, batch = pick(a, (1024, g.batch_size), (16, 4))
+    prompt_len, new = pick(a, (p.task.prompt.max_tokens, g.max_new_tokens), (4, 8))
+    config = model_config(a, p.model_name, num_labels=1)
     prompts = random_prompts(n, prompt_len, config.vocab_size, seed=3)
     # completions of every length from full down to full - 7, so padding and the last-token pick are exercised
     completions = [c[:new - i % 8] for i, c in enumerate(random_prompts(n, new, config.vocab_size, seed=4))]
     scorer = RewardModelScorer.__new__(RewardModelScorer)  # the scorer's own code, on a random model
-    scorer.model = build(GPT2ForSequenceClassification, config, s, torch.float32)
-    scorer.pad_id, scorer.device, scorer.batch_size = EOS, s.device, batch
+    scorer.model = build(GPT2ForSequenceClassification, config, a, torch.float32)
+    scorer.pad_id, scorer.device, scorer.batch_size = EOS, a.device, batch
     results, scores = {}, {}
     for precision in ("fp32", "bf16"):
         if precision == "bf16":
             scorer.model = scorer.model.to(torch.bfloat16)
-        with tf32(precision == "fp32" and s.device == "cuda"):
-            r, scores[precision] = measured(lambda: scorer(prompts, completions), s.args.repeats,
-                                            lambda _: sum(len(a) + len(b) for a, b in zip(prompts, completions)))
+        with tf32(precision == "fp32" and a.device == "cuda"):
+            r, scores[precision] = measured(lambda: scorer(prompts, completions), a.repeats,
+                                            lambda _: sum(len(x) + len(y) for x, y in zip(prompts, completions)))
         r["sequences"], r["sequences_per_s"] = n, round(n / r["median_s"], 1)
         results[f"reward_model_score_{p.model_name}_{n}_sequences_{precision}"] = r
     gap = (torch.tensor(scores["bf16"]) - torch.tensor(scores["fp32"])).abs()
@@ -348,29 +334,29 @@ def case_reward_model(s: Smoke) -> dict:
 
 
 # -- the record --------------------------------------------------------------------------------------------------
-def write_record(s: Smoke, cases: dict, argv: list[str]) -> Path:
+def write_record(a: argparse.Namespace, cases: dict, argv: list[str]) -> Path:
     """<out>/gpu-smoke-<device>.json and .md, then the index <out>.md (bench_e2e.write_index), which shows a record's
     `results` (here every case's timings) as one column of its step table."""
-    cuda = s.device == "cuda"
+    cuda = a.device == "cuda"
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = peak_tflops(device_name) if cuda else None
     flat = {name: r for c in cases.values() for name, r in c.get("results", {}).items()}
     for r in flat.values():
         if peak and "tflops_per_s" in r:
             r["mfu"] = round(r["tflops_per_s"] / peak, 4)
-    gpt2 = model_config(s, "gpt2_large")
+    gpt2 = model_config(a, "gpt2_large")
     with torch.device("meta"):  # its parameter count, nothing allocated
         gpt2_params = sum(q.numel() for q in GPT2LMHeadModel(gpt2).parameters())
-    record = {"kind": "gpu-smoke", "device": device_name, "dry": s.args.dry, "git_sha": git_sha(),
+    record = {"kind": "gpu-smoke", "device": device_name, "dry": a.dry, "git_sha": git_sha(),
               "machine": machine(), "environment": environment(), "versions": versions(), "arguments": argv,
               "peak_bf16_tflops": peak,
               "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
               # the index's model line reads these: the gpt2-large shape (the GPT-J results name their model)
               "model": {"n_layer": gpt2.n_layer, "n_embd": gpt2.n_embd}, "vocab": gpt2.vocab_size,
               "n_params": gpt2_params, "cases": cases, "results": flat}
-    out = Path(s.args.out)
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = device_name.replace(" ", "_") + ("-dry" if s.args.dry else "")
+    slug = device_name.replace(" ", "_") + ("-dry" if a.dry else "")
     path = out / f"gpu-smoke-{slug}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     path.with_suffix(".md").write_text("\n".join(record_page(record)) + "\n")
@@ -379,6 +365,7 @@ def write_record(s: Smoke, cases: dict, argv: list[str]) -> Path:
 
 
 def record_page(r: dict) -> list[str]:
+    """The record as a page: every timing, the precision checks, the DPO attempts."""
     cases, peak = r["cases"], r["peak_bf16_tflops"]
     lines = [f"# GPU smoke test on {r['device']}" + (" (dry: tiny shapes)" if r["dry"] else ""), "",
              f"`python -m pipelines.gpu_smoke {' '.join(r['arguments'])}` at `{r['git_sha']}`. {r['machine']} "
@@ -406,7 +393,7 @@ def record_page(r: dict) -> list[str]:
         lines += ["", f"Reward model: bf16 scores differ from fp32 by {rm['mean_abs_diff']:.4g} on average, "
                   f"{rm['max_abs_diff']:.4g} at most."]
     if dpo := cases.get("dpo", {}).get("attempts"):
-        tried = ", ".join(f"{a['layers']} layers: " + a.get("error", "ran") for a in dpo)
+        tried = ", ".join(f"{x['layers']} layers: " + x.get("error", "ran") for x in dpo)
         lines += ["", f"DPO at GPT-J shape: {tried}. {cases['dpo'].get('note', '')}".rstrip()]
     return lines
 
@@ -431,35 +418,32 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.dry and not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         raise SystemExit(2)
-    s = Smoke(args, "cuda" if torch.cuda.is_available() else "cpu")
-    threads = torch.get_num_threads()
+    args.device, threads, cases = "cuda" if torch.cuda.is_available() else "cpu", torch.get_num_threads(), {}
     if args.dry:  # tiny matrices gain nothing from threads; on a busy CPU, waiting for them is ~100x slower
         torch.set_num_threads(1)
     try:
-        cases = run_cases(s)
+        for case in (c for c in CASES if c in args.only):
+            cases[case] = run_case(args, case)
     finally:
         torch.set_num_threads(threads)
-    path = write_record(s, cases, argv)
+    path = write_record(args, cases, argv)
     print(f"gpu-smoke: wrote {path} and {path.with_suffix('.md')}")
     return path
 
 
-def run_cases(s: Smoke) -> dict:
-    """Every case of --only in turn, each with its wall time and peak GPU memory; one progress line each."""
-    run = {"generation": case_generation, "ppo": case_ppo, "dpo": case_dpo, "reward_model": case_reward_model}
-    cases = {}
-    for case in (c for c in CASES if c in s.args.only):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        cases[case] = {**guarded(run[case], s), "seconds": round(time.perf_counter() - start, 2)}
-        free_memory()
-        peaks = [r.get("peak_memory_gib") for r in cases[case].get("results", {}).values()] + [peak_gib()]
-        cases[case]["peak_memory_gib"] = max((x for x in peaks if x is not None), default=None)
-        status = cases[case].get("error", "ok")
-        print(f"gpu-smoke: {case}: {status}, {cases[case]['seconds']:.1f} s, peak GPU memory "
-              f"{cases[case]['peak_memory_gib']} GiB", flush=True)
-    return cases
+def run_case(a: argparse.Namespace, case: str) -> dict:
+    """One case (case_<name>), its wall time and peak GPU memory (since it began, or of its timed calls); prints
+    one progress line."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    got = {**guarded(globals()[f"case_{case}"], a), "seconds": round(time.perf_counter() - start, 2)}
+    free_memory()
+    peaks = [r.get("peak_memory_gib") for r in got.get("results", {}).values()] + [peak_gib()]
+    got["peak_memory_gib"] = max((x for x in peaks if x is not None), default=None)
+    print(f"gpu-smoke: {case}: {got.get('error', 'ok')}, {got['seconds']:.1f} s, peak GPU memory "
+          f"{got['peak_memory_gib']} GiB", flush=True)
+    return got
 
 
 if __name__ == "__main__":

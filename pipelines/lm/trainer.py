@@ -75,6 +75,9 @@ def training_args(cfg: DictConfig, out_dir: Path) -> dict:
         gradient_accumulation_steps=m.gradient_accumulation_steps,
         num_train_epochs=m.epochs, max_steps=m.max_steps, logging_steps=10, save_steps=m.save_steps,
         save_total_limit=1, **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
+        # Gradient-norm clip: TRL's and transformers' default 1.0 unless the preset sets it (the paper presets of
+        # the DPO family: 10.0, the DPO reference code's).
+        max_grad_norm=m.get("max_grad_norm", 1.0),
         report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"), seed=cfg.seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
 

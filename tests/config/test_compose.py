@@ -175,3 +175,14 @@ def test_generation_temperature_other_than_1_is_refused(experiment):
                                         r"the KL and PPO's log-probs are computed at T = 1 .*task\.winrate\."
                                         r"temperatures"):
         validate(compose_cfg([f"experiment={experiment}", "task.generation.temperature=0.7"]))
+
+
+@pytest.mark.parametrize("experiment, method, clip", [
+    ("sentiment_paper", "dpo", 10.0), ("sentiment_paper", "ipo", 10.0), ("summarization_paper", "dpo", 10.0),
+    ("dialogue_paper", "dpo", 10.0), ("sentiment_embedded", "dpo", 1.0), ("sentiment_paper", "unlikelihood", 1.0),
+])
+def test_the_paper_presets_clip_the_dpo_family_as_the_reference_code(experiment, method, clip, tmp_path):
+    from pipelines.lm.trainer import training_args
+
+    cfg = compose_cfg([f"experiment={experiment}", f"method={method}", "wandb.mode=disabled"])
+    assert training_args(cfg, tmp_path)["max_grad_norm"] == clip
