@@ -16,6 +16,7 @@ PYTHON ?= python3
 #: TUNING_METHODS  reproduce-sentiment-seeds: the learning-rate trials on validation (default dpo ppo; empty: none)
 #: EXPERIMENT      make sweep: the conf/experiment/<name>.yaml to run
 #: BENCH_ARGS      make bench: e.g. "--arch n_layer=36 n_embd=1280 n_head=20 --vocab 50257"
+#: GPU_SMOKE_ARGS  make gpu-smoke: e.g. "--only generation ppo" or "--gptj-layers 8" ("--dry": tiny shapes on CPU)
 #: RVD_RUNS        environment: where training outputs go (default runs/); the analysis and clean-runs read it too
 #: RVD_CACHE       environment: where downloaded data is cached (default .cache/rlhf-vs-dpo)
 #: VENV            the virtual environment (default .venv)
