@@ -64,6 +64,12 @@ def score(points: list[tuple[float, float]], budgets=TUNING_BUDGETS) -> np.ndarr
     return out
 
 
+def _headline_run(run_root: Path, seed: int, trial: str) -> Path | None:
+    """The headline run a trial varies (seed<k>/<tag> whose tag the trial's name extends), None without one."""
+    found = [d for d in (run_root / f"seed{seed}").glob("*") if d.is_dir() and trial.startswith(d.name + "_")]
+    return max(found, key=lambda d: len(d.name)) if found else None
+
+
 def preset_value(run_root: Path, method: str, seed: int, key: str):
     """The value of `key` in the method's headline runs at `seed` (what the preset gives), None without one."""
     for run_dir in sorted((run_root / f"seed{seed}").glob("*")):
@@ -87,7 +93,10 @@ def table(run_root: Path, budgets=TUNING_BUDGETS) -> pd.DataFrame:
         sft = _sft_point(run_root, seed)
         vals = score(points + ([sft] if sft else []), budgets)
         s = _setting(run_dir)
+        headline = _headline_run(run_root, seed, run_dir.name)
         rows.append({"method": s["method"], "seed": seed, "tag": run_dir.name,
+                     # the trial at the headline runs' settings against the headline run itself (None: no such run)
+                     "same_as_headline": (_val_points(headline) == points) if headline is not None else None,
                      **{k: s[k] for k in KEYS}, **{f"val_r_kl{b:g}": v for b, v in zip(budgets, vals)},
                      "score": float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan,
                      "preset": s["learning_rate"] == preset_value(run_root, s["method"], seed, "learning_rate")})
@@ -108,8 +117,9 @@ def lines(df: pd.DataFrame, budgets=TUNING_BUDGETS) -> list[str]:
            f"{', '.join(str(s) for s in sorted(df.seed.unique()))} in its own folder (tuning/, never on a frontier); "
            f"score = mean over KL budgets {', '.join(f'{b:g}' for b in budgets)} of the best validation r* of any "
            "evaluated policy within the budget (SFT included). `preset` = the learning rate of the headline runs; "
-           "`chosen` = validation's pick (analysis.tuning; the trials: conf/experiment/*.yaml, sweep.groups.tuning).",
-           ""]
+           "`chosen` = validation's pick (analysis.tuning; the trials: conf/experiment/*.yaml, sweep.groups.tuning). "
+           "One run per trial: a difference in score smaller than the across-seed sd of r* (Reward at matched KL "
+           "above) is within what one seed's draw moves.", ""]
     varied = [k for k in KEYS if df.groupby("method")[k].nunique().max() > 1 or k == "learning_rate"]
     fixed = [k for k in KEYS if k not in varied and df[k].notna().any()]
     head = ["method", *fixed, *varied, *[f"val r* KL≤{b:g}" for b in budgets], "score", "preset", "chosen"]
@@ -120,6 +130,11 @@ def lines(df: pd.DataFrame, budgets=TUNING_BUDGETS) -> list[str]:
                  "yes" if r.preset else "", "**yes**" if r.chosen else ""]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    same = df[df.preset & df.same_as_headline.notna()]
+    if len(same):
+        exact = int(same.same_as_headline.astype(bool).sum())
+        out.append(f"- The trials at the preset's rate reproduce the headline runs of the same seed and setting "
+                   f"exactly (every checkpoint's validation KL and r*) in {exact} of {len(same)} case(s).")
     for (method, seed), g in df.groupby(["method", "seed"]):
         pick, preset = g[g.chosen].iloc[0], g[g.preset]
         name = names.display_name(method)

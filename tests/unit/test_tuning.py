@@ -62,6 +62,8 @@ def test_trials_are_scored_on_validation_and_the_pick_is_said(root, tmp_path):
     assert "validation picks learning rate 0.0003, +0.063" in text and "not the tuned one" in text
     assert "PPO: 2 trials; validation picks the preset's learning rate 0.0001" in text
     assert (tmp_path / "tuning.csv").exists()
+    # the DPO trial at the preset's rate has the headline run's points, the PPO one (made different here) not
+    assert "in 1 of 2 case(s)" in text
 
 
 def test_tuning_runs_never_enter_the_frontier(root):
