@@ -64,12 +64,17 @@ def test_summary_table_cells():
     assert "| Best-of-N | 128 | 1 |  | 0.660 [0.563, 0.745] |" in text
 
 
-def test_write_reads_stage_outputs_and_plots(tmp_path):
-    run_root = tmp_path / "runs"
+def write_stage_outputs(run_root):
+    """table() as the win-rate stage writes it: one winrates.json per run."""
     for (method, param, seed), g in table().groupby(["method", "param", "seed"]):
         folder = run_root / f"seed{seed}" / f"{method}_{param}" / "winrate" / "oracle"
         folder.mkdir(parents=True)
         (folder / "winrates.json").write_text(json.dumps(g.assign(tag=f"{method}_{param}").to_dict("records")))
+
+
+def test_write_reads_stage_outputs_and_plots(tmp_path):
+    run_root = tmp_path / "runs"
+    write_stage_outputs(run_root)
     out = tmp_path / "out"
     out.mkdir()
     lines = write(run_root, out, "sentiment", "smoke", "SFT completion")
@@ -83,10 +88,7 @@ def test_figure2_puts_the_frontier_and_the_win_rates_side_by_side(tmp_path):
     from analysis.frontier import plot_figure2
 
     run_root = tmp_path / "runs"
-    for (method, param, seed), g in table().groupby(["method", "param", "seed"]):
-        folder = run_root / f"seed{seed}" / f"{method}_{param}" / "winrate" / "oracle"
-        folder.mkdir(parents=True)
-        (folder / "winrates.json").write_text(json.dumps(g.assign(tag=f"{method}_{param}").to_dict("records")))
+    write_stage_outputs(run_root)
     rows = [("sft", None, s, s, 0, 0.0, 0.47) for s in (0, 1)]
     rows += [("dpo", 0.1, s, s, step, kl, r) for s in (0, 1) for step, kl, r in [(10, 1.0 + s / 10, 0.55),
                                                                                  (20, 2.0, 0.6 + s / 100)]]
