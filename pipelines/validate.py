@@ -55,6 +55,8 @@ def validate(cfg: DictConfig, method) -> None:
          f"model.precision must be {' or '.join(PRECISIONS)}, got '{cfg.model.precision}'")
     need(isinstance(cfg.model.get("dense_logits"), bool),
          f"model.dense_logits must be true or false, got {cfg.model.get('dense_logits')!r}")
+    need(cfg.get("snapshots", "keep") in ("keep", "delete"),
+         f"snapshots must be keep or delete, got '{cfg.get('snapshots')}'")
     need(0 < cfg.get("vllm_gpu_memory_utilization", 0.3) < 1,
          f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.get('vllm_gpu_memory_utilization')}")
     w = t.get("winrate")

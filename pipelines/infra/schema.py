@@ -48,6 +48,7 @@ class RunSchema:
     judge_dry_run: bool = False
     device: str = "auto"
     vllm_gpu_memory_utilization: float = 0.3
+    snapshots: str = "keep"
     wandb: WandbSchema = field(default_factory=WandbSchema)
     # The experiment's sweep block (pipelines/sweep.py); never part of a stage hash.
     sweep: Any = None

@@ -9,6 +9,7 @@ Each snapshot's file is written once, so an interrupted evaluation resumes where
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import evaluate as hf_evaluate
@@ -111,6 +112,27 @@ def run_sft(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Every snapshot of the configured method."""
+    """Every snapshot of the configured method; with snapshots=delete, the evaluated snapshots and the run's resume
+    checkpoints are deleted afterwards (their points stay: a rerun finds them done)."""
     meta = {"method": cfg.method.name, "tag": cfg.method.tag, "param": frontier_param(cfg.method)}
-    return evaluate_points(cfg, out_dir, method_snapshots(cfg), meta, cfg.seed)
+    snapshots = method_snapshots(cfg)
+    result = evaluate_points(cfg, out_dir, snapshots, meta, cfg.seed)
+    if cfg.get("snapshots", "keep") == "delete":
+        result["points"] = {int(p.stem[4:]): p.name for p in sorted(out_dir.glob("step*.json"))
+                            if not p.name.endswith(".samples.jsonl")}
+        delete_resume_state(Path(cfg.paths.method), [folder for _, folder in snapshots])
+    return result
+
+
+def delete_resume_state(method_dir: Path, snapshots: list[Path]) -> None:
+    """Free the disk of a run whose evaluation is done: its policy snapshots, its Trainer checkpoints and PPO's
+    resume state. The final policy/ (the win rates sample it) and every small file stay."""
+    doomed = [*snapshots, *sorted((method_dir / "trainer").glob("checkpoint-*")), method_dir / "last",
+              method_dir / "last.tmp"]
+    for path in doomed:
+        if path.is_dir():
+            shutil.rmtree(path)
+            log.info("snapshots=delete: removed %s", path)
+    folder = method_dir / "snapshots"
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -49,3 +49,32 @@ def test_last_step_and_resumed_snapshots(tmp_path, monkeypatch):
     (done / "model.safetensors").write_bytes(b"")  # saved before a resume: every process skips it
     cb.on_step_end(None, _state(30, True), None, model=model)
     assert len(saved) == 1
+
+
+def test_snapshots_delete_frees_the_run_after_its_evaluation_and_a_rerun_keeps_the_points(tmp_path, monkeypatch):
+    import json
+
+    from pipelines.stages import evaluate
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["experiment=sentiment_paper", f"paths.root={tmp_path}"])
+    assert cfg.snapshots == "delete" and compose_cfg(["experiment=sentiment_embedded"]).snapshots == "keep"
+    run = tmp_path / "run"
+    cfg.paths.method = str(run)
+    for folder in ("snapshots/step000010", "snapshots/step000020", "trainer/checkpoint-20", "last", "policy"):
+        (run / folder).mkdir(parents=True)
+        (run / folder / "model.safetensors").write_bytes(b"w")
+    out = tmp_path / "eval"
+    out.mkdir()
+
+    def fake_points(cfg, out_dir, policies, meta, seed):  # what evaluate_points writes for each policy
+        for step, _ in policies:
+            (out_dir / f"step{step:06d}.json").write_text(json.dumps({"step": step}))
+            (out_dir / f"step{step:06d}.samples.jsonl").write_text("{}\n")
+        return {"points": {step: f"step{step:06d}.json" for step, _ in policies}}
+
+    monkeypatch.setattr(evaluate, "evaluate_points", fake_points)
+    first = evaluate.run(cfg, out)
+    assert first["points"] == {10: "step000010.json", 20: "step000020.json"}
+    assert sorted(p.name for p in run.iterdir()) == ["policy", "trainer"] and not list((run / "trainer").iterdir())
+    assert evaluate.run(cfg, out) == first  # nothing left to evaluate, the points stay
