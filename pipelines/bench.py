@@ -151,7 +151,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="held-out prefixes of the evaluation benchmark (default: the preset's task.eval.n_prompts)")
     ap.add_argument("--e2e", action="store_true", help="time make reproduce-sentiment instead")
     ap.add_argument("--seeds", action="store_true",
-                    help="time make reproduce-sentiment-seeds on top of a finished --e2e run instead")
+                    help="time adding seeds 1 and 2 of every method (make reproduce-sentiment SEEDS='0 1 2') "
+                         "on top of a finished --e2e run instead")
     ap.add_argument("--make-args", default="", help="extra make arguments for --e2e and --seeds, e.g. 'JOBS=2'")
     ap.add_argument("--arch", nargs="*", default=[], metavar="KEY=VALUE",
                     help="another GPT-2 shape (random weights), e.g. the gpt2-large one on a GPU: n_layer=36 "

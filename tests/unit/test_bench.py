@@ -91,7 +91,7 @@ def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_e2e, "time", SimpleNamespace(time=lambda: next(clock)))
     monkeypatch.setattr(bench_e2e, "git_sha", lambda: "d" * 40)
     bench.main(["--seeds", "--out", str(out), "--make-args", "JOBS=2"])
-    assert calls == [["make", "reproduce-sentiment-seeds", "JOBS=2"]]
+    assert calls == [["make", "reproduce-sentiment", "SEEDS=0 1 2", "JOBS=2"]]
     (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
     assert record["seconds"] == 1500.0 and record["history"] == []  # the e2e measurement itself is unchanged
     assert record["multi_seed"]["seconds"] == 1200.0 and record["multi_seed"]["total_seconds"] == 2700.0
