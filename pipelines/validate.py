@@ -2,6 +2,8 @@
 written."""
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig
 
 from pipelines.infra import distributed
@@ -17,6 +19,28 @@ FORMATS = tuple(TASKS)  # pipelines/tasks/registry.py: what each task format is
 TEXT_TASKS = ("summarization", "dialogue")
 # Stages that read the ground-truth reward r* (sentiment only)
 SENTIMENT_STAGES = ("evaluate_sft", "evaluate")
+
+
+def _zero_offload(cfg: DictConfig, need) -> None:
+    """Under DeepSpeed with the optimiser offloaded (ACCELERATE=deepspeed_zero3_offload), accelerate replaces a
+    Trainer's torch optimiser with DeepSpeedCPUAdam and clips gradients at the launch config's value: a method that
+    configures another optimiser (the DPO family's RMSprop) or another clip would silently train with different
+    ones, so the launch is refused instead."""
+    env = os.environ
+    if "train" not in cfg.pipeline or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true" \
+            or env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("", "none"):
+        return
+    m = cfg.method
+    optimizer = str(m.get("optimizer", "adamw_torch"))
+    need(optimizer.startswith("adamw"),
+         f"method.optimizer={optimizer}: under DeepSpeed optimiser offload accelerate trains with DeepSpeedCPUAdam "
+         "instead; launch with ACCELERATE=deepspeed_zero3 (sharded over enough GPUs, no offload) to keep "
+         f"{optimizer}, or set method.optimizer=adamw_torch deliberately")
+    clip = env.get("ACCELERATE_GRADIENT_CLIPPING")
+    if clip not in (None, "", "none", "auto") and m.get("max_grad_norm") is not None:
+        need(float(clip) == float(m.max_grad_norm),
+             f"method.max_grad_norm={m.max_grad_norm} but the DeepSpeed launch config clips at {clip}; make them "
+             "equal (conf/accelerate/*.yaml gradient_clipping)")
 
 
 def validate(cfg: DictConfig, method) -> None:
@@ -57,6 +81,7 @@ def validate(cfg: DictConfig, method) -> None:
          f"model.dense_logits must be true or false, got {cfg.model.get('dense_logits')!r}")
     need(cfg.get("snapshots", "keep") in ("keep", "delete"),
          f"snapshots must be keep or delete, got '{cfg.get('snapshots')}'")
+    _zero_offload(cfg, need)
     need(0 < cfg.get("vllm_gpu_memory_utilization", 0.3) < 1,
          f"vllm_gpu_memory_utilization must be in (0, 1), got {cfg.get('vllm_gpu_memory_utilization')}")
     w = t.get("winrate")

@@ -186,3 +186,23 @@ def test_the_paper_presets_clip_the_dpo_family_as_the_reference_code(experiment,
 
     cfg = compose_cfg([f"experiment={experiment}", f"method={method}", "wandb.mode=disabled"])
     assert training_args(cfg, tmp_path)["max_grad_norm"] == clip
+
+
+def test_zero_offload_launches_that_would_swap_the_optimiser_or_the_clip_are_refused(monkeypatch):
+    from pipelines.infra.io import UserError
+    from pipelines.run import check
+
+    dpo = ["experiment=summarization_paper", "method=dpo", "wandb.mode=disabled"]
+    check(compose_cfg(dpo))  # no launch: fine
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "1.0")
+    with pytest.raises(UserError) as err:
+        check(compose_cfg(dpo))
+    assert "method.optimizer=rmsprop" in str(err.value) and "DeepSpeedCPUAdam" in str(err.value)
+    assert "method.max_grad_norm=10.0 but the DeepSpeed launch config clips at 1.0" in str(err.value)
+    # AdamW with the launch's clip goes through; without offload RMSprop is kept by DeepSpeed and is fine
+    check(compose_cfg([*dpo, "method.optimizer=adamw_torch", "method.max_grad_norm=1.0"]))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING")
+    check(compose_cfg(dpo))
