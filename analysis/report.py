@@ -133,7 +133,8 @@ def step_costs(run_root: Path) -> list[str]:
     for method, ms in per_method.items():
         sps = sum(m["seconds_per_step"] for m in ms) / len(ms)
         steps = sorted({m.get("steps") for m in ms})
-        lines.append(f"| {method} | {len(ms)} | {sps:.3f} | {', '.join(map(str, steps))} | {what.get(method, '')} |")
+        lines.append(f"| {names.display_name(method)} | {len(ms)} | {sps:.3f} | {', '.join(map(str, steps))} | "
+                     f"{what.get(method, '')} |")
     return lines + [""]
 
 

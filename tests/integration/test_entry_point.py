@@ -61,10 +61,10 @@ def test_frontier_is_written_and_sane(smoke_run):
     assert (dpo.kl_se > 0).all()
     assert (smoke_run["out"] / "frontier.png").stat().st_size > 10_000
     summary = (smoke_run["out"] / "summary.md").read_text()
-    for needle in ("pytest smoke", "held-out perplexity", "Prefix 1", "dpo β=0.1", "**total**", "git SHA",
-                   "ppo KL target=3", "ppo_gt KL target=3",
+    for needle in ("pytest smoke", "held-out perplexity", "Prefix 1", "DPO β=0.1", "**total**", "git SHA",
+                   "PPO KL target=3", "PPO-GT KL target=3",
                    "## Reward at matched KL (mean across seeds, 95 % interval)", "## Verdict", "## Reproducibility",
-                   "pairwise accuracy", "## Seconds per training step", "| ppo | 2 |", "| dpo | 4 |"):
+                   "pairwise accuracy", "## Seconds per training step", "| PPO | 2 |", "| DPO | 4 |"):
         assert needle in summary
     for method, params in (("ppo", [1.0, 3.0]), ("ppo_gt", [3.0])):
         points = df[df.method == method]
