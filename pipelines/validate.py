@@ -22,17 +22,17 @@ SENTIMENT_STAGES = ("evaluate_sft", "evaluate")
 
 
 def _zero_offload(cfg: DictConfig, need) -> None:
-    """Under DeepSpeed with the optimiser offloaded (ACCELERATE=deepspeed_zero3_offload), accelerate replaces a
+    """Under DeepSpeed: with the optimiser offloaded (ACCELERATE=deepspeed_zero3_offload) accelerate replaces a
     Trainer's torch optimiser with DeepSpeedCPUAdam and clips gradients at the launch config's value: a method that
     configures another optimiser (the DPO family's RMSprop) or another clip would silently train with different
     ones, so the launch is refused instead."""
     env = os.environ
-    if "train" not in cfg.pipeline or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true" \
-            or env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() in ("", "none"):
+    if "train" not in cfg.pipeline or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
         return
     m = cfg.method
     optimizer = str(m.get("optimizer", "adamw_torch"))
-    need(optimizer.startswith("adamw"),
+    offload = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() not in ("", "none")
+    need(not offload or optimizer.startswith("adamw"),
          f"method.optimizer={optimizer}: under DeepSpeed optimiser offload accelerate trains with DeepSpeedCPUAdam "
          "instead; launch with ACCELERATE=deepspeed_zero3 (sharded over enough GPUs, no offload) to keep "
          f"{optimizer}, or set method.optimizer=adamw_torch deliberately")

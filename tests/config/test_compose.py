@@ -204,5 +204,7 @@ def test_zero_offload_launches_that_would_swap_the_optimiser_or_the_clip_are_ref
     # AdamW with the launch's clip goes through; without offload RMSprop is kept by DeepSpeed and is fine
     check(compose_cfg([*dpo, "method.optimizer=adamw_torch", "method.max_grad_norm=1.0"]))
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    with pytest.raises(UserError, match="clips at 1.0"):  # ZeRO-3 without offload: the clip must still agree
+        check(compose_cfg(dpo))
     monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING")
     check(compose_cfg(dpo))

@@ -98,3 +98,5 @@ def test_accelerate_configs_parse(name):
     assert str(cfg.distributed_type).endswith(kind) and cfg.num_processes == processes and cfg.num_machines == 1
     if name == "deepspeed_zero3_offload":
         assert cfg.deepspeed_config["offload_optimizer_device"] == "cpu"
+    if kind == "DEEPSPEED":  # DeepSpeed takes each method's own clip from the Trainer (10 for the paper DPO presets)
+        assert "gradient_clipping" not in cfg.deepspeed_config
