@@ -239,21 +239,13 @@ def draw_frontier(ax, df: pd.DataFrame) -> list:
          Line2D([], [], color="0.3", ls="--", label="dashed: later variants")]
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    # vector copy for papers (no creation date, so an unchanged figure gives an unchanged file)
-    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})
-    plt.close(fig)
-
-
 def plot_frontier(df: pd.DataFrame, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 5.5))
     handles = draw_frontier(ax, df)
     ax.set_title(title)
     # Outside the axes: with several methods, any corner inside would hide points.
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    _save(fig, path)
+    report.save_figure(fig, path)
 
 
 def plot_figure2(df: pd.DataFrame, run_root: Path, path: Path, title: str, reference: str) -> bool:
@@ -271,10 +263,7 @@ def plot_figure2(df: pd.DataFrame, run_root: Path, path: Path, title: str, refer
     handles += [h for h in right.get_legend_handles_labels()[0] if h.get_label() not in seen]
     fig.suptitle(title)
     fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), borderaxespad=0.0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None}, bbox_inches="tight")
-    plt.close(fig)
+    report.save_figure(fig, path, bbox_inches="tight")
     return True
 
 

@@ -56,8 +56,7 @@ def stage_configs(run_root: Path) -> dict[str, dict]:
 
 def run_method(run_dir: Path) -> str | None:
     """The method a run folder (seed<k>/<tag>) trained, from its stage_config.json; None without one."""
-    path = run_dir / "stage_config.json"
-    return json.loads(path.read_text())["config"]["method"]["name"] if path.exists() else None
+    return (_stage_config(run_dir).get("method") or {}).get("name")
 
 
 def load_points(run_root: Path) -> pd.DataFrame:

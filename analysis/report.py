@@ -38,6 +38,17 @@ def stage_shas(run_root: Path, length: int | None = None) -> list[str]:
     return sorted({_done(p.parent).get("git_sha", "")[:length] for p in run_root.glob("**/done.json")} - {""})
 
 
+def save_figure(fig, path: Path, **savefig) -> None:
+    """PNG at `path` and a vector PDF beside it for papers (no creation date, so an unchanged figure gives an
+    unchanged file); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=150, **savefig)
+    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None}, **savefig)
+    plt.close(fig)
+
+
 def stamp() -> str:
     """Now, to the minute, in UTC: when a summary was written."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

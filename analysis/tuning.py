@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import names
-from analysis.load import TUNING
+from analysis.load import TUNING, _stage_config
 
 # The budgets the verdict compares at this scale (summary.md): every seed of DPO, PPO and PPO-GT has a checkpoint of
 # its own at or below each.
@@ -25,7 +25,7 @@ KEYS = ("learning_rate", "beta", "kl.target", "total_steps")
 
 
 def _setting(run_dir: Path) -> dict:
-    method = json.loads((run_dir / "stage_config.json").read_text())["config"]["method"]
+    method = _stage_config(run_dir)["method"]
     out = {"method": method["name"]}
     for key in KEYS:
         node = method

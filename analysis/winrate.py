@@ -125,10 +125,7 @@ def plot(agg: pd.DataFrame, path: Path, title: str, reference: str, chosen: dict
     draw(ax, agg, chosen, reference)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})  # vector copy for papers
-    plt.close(fig)
+    report.save_figure(fig, path)
 
 
 def figure_panel(run_root: Path, judge: str = "oracle") -> tuple[pd.DataFrame, dict] | None:

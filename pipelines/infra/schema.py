@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -60,7 +60,7 @@ def register() -> None:
 
 # ---------------------------------------------------------------------------------------- the groups' settings
 GROUPS = ("task", "model", "method", "reward_model", "judge", "paths")
-KINDS = {bool: "true or false", int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+KINDS = {bool: "true or false", float: "a number", str: "text", list: "a list", dict: "a mapping"}
 
 
 def _kind(value) -> type | None:
@@ -125,7 +125,7 @@ def wrong_types(cfg: DictConfig) -> list[str]:
             if not kinds or None in kinds or kind is None or kind in kinds:
                 continue
             allowed = " or ".join(sorted({KINDS[k] for k in kinds}))
-            shown = value if not isinstance(value, (list, dict, ListConfig, DictConfig)) else repr(value)
+            shown = repr(value) if isinstance(value, (list, dict)) else value
             lines.append(f"{key}={shown} must be {allowed} (e.g. {example})")
     return lines
 

@@ -118,8 +118,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     snapshots = method_snapshots(cfg)
     result = evaluate_points(cfg, out_dir, snapshots, meta, cfg.seed)
     if cfg.get("snapshots", "keep") == "delete":
-        result["points"] = {int(p.stem[4:]): p.name for p in sorted(out_dir.glob("step*.json"))
-                            if not p.name.endswith(".samples.jsonl")}
+        result["points"] = {int(p.stem[4:]): p.name for p in sorted(out_dir.glob("step*.json"))}
         delete_resume_state(Path(cfg.paths.method), [folder for _, folder in snapshots])
     return result
 
