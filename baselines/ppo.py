@@ -18,10 +18,15 @@ Design choices (all in conf/method/ppo.yaml):
 - Scores are normalised with a fixed mean/std measured on SFT samples before training (the one normalisation of
   the online methods, baselines/onpolicy.py), so one KL coefficient means the same thing for rewards of any scale.
 
-Under a multi-process launch that keeps whole weights in every process (DDP, torchrun) the loop trains
-data-parallel: every process-dependent line goes through `DataParallel` (pipelines/infra/data_parallel.py), the
-identity in a single process. Siblings: ppo_models.py (value model, rollout batch, per-token log-probs and values),
-ppo_checkpoint.py (resume state, run folder), ppo_config.py (config checks, snapshot schedule).
+Under a multi-process launch the loop trains data-parallel: every process-dependent line goes through
+`DataParallel` (pipelines/infra/data_parallel.py), the identity in a single process. A launch that keeps whole
+weights in every process (DDP, torchrun) replicates the models (torch DDP); an FSDP or DeepSpeed launch shards
+policy, value model, reference and r_phi over the processes with torch FSDP2 (`Sharded`), so that a GPT-J 6B PPO
+fits one node of 8 x 80 GB. Sharded, each process samples its share of the rollouts through HF generate on the
+sharded policy, which gathers each block's weights as it runs (TRL's PPOTrainer generated the same way under FSDP);
+docs/scaling.md says why not a vLLM engine per process. Siblings: ppo_models.py (value model, rollout batch,
+per-token log-probs and values), ppo_checkpoint.py (resume state, run folder), ppo_config.py (config checks,
+snapshot schedule).
 
 Stage: reads sft/policy, data/ (train prefixes), reward_model/ (learned; also the value model's start with
 value_init=reward_model) or reward/ (r*). Writes snapshots/step*/ (frontier points, at snapshot_steps or every
@@ -41,9 +46,8 @@ from baselines.onpolicy import method_scorer, prompt_stream, score_normalisation
 from baselines.ppo_checkpoint import RunFolder, load_state
 from baselines.ppo_config import check, check_settings, snapshot_steps
 from baselines.ppo_models import Batch, ValueModel, load_value_model, pack, token_logprobs, token_values
-from pipelines.infra.data_parallel import DataParallel
+from pipelines.infra.data_parallel import DataParallel, for_launch
 from pipelines.infra.device import pick_device, use_bf16
-from pipelines.infra.distributed import replicates_weights
 from pipelines.infra.io import read_jsonl
 from pipelines.infra.tracking import finish_wandb, log_metrics, trainer_report_to
 from pipelines.lm.models import load_policy, load_tokenizer
@@ -79,9 +83,11 @@ class PPO:
         for model in (policy, ref, value_model):
             model.eval()  # dropout off everywhere (gradients still flow in eval mode)
         ref.requires_grad_(False)
-        # This process alone, or data-parallel over the processes of a launch (the backward passes through DDP).
+        # This process alone, or data-parallel over the processes of a launch: the backward passes through DDP, or
+        # every model is sharded in place (FSDP2; before the optimisers are built, which then hold shards).
         self.dp = replicas or DataParallel(active=False)
         self.policy_train, self.value_train = self.dp.wrap(policy), self.dp.wrap(value_model)
+        self.ref = self.dp.frozen(ref)
         # Adam eps 1e-5 as in the reference PPO implementations (Huang et al. 2024). The rates are set before every
         # step from the schedule (`set_learning_rates`).
         pm.lr_factor(args.lr_schedule, 0, args.total_steps)  # an unknown schedule fails here, not at step 1
@@ -247,9 +253,12 @@ def build(cfg: DictConfig, tokenizer, scorer, start_dir: Path | None, dp: DataPa
     m, g = cfg.method, cfg.task.generation
     device = pick_device(cfg.device)
     sft_dir = Path(cfg.paths.sft) / "policy"
-    policy = load_policy(start_dir / "policy" if start_dir else sft_dir, device)
-    ref = load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, device)
-    value_model = load_value_model(m, cfg, start_dir, sft_dir).to(device)
+    # Sharded, each model is read into host memory and sharded before the next is read: only one whole model is
+    # ever on the GPU, on its way to its shards (at GPT-J 6B the four whole models would not fit).
+    load_to = "cpu" if dp.sharded else device
+    policy = dp.place(load_policy(start_dir / "policy" if start_dir else sft_dir, load_to))
+    ref = dp.place(load_policy(start_dir / "ref" if start_dir and m.ref_ema_decay is not None else sft_dir, load_to))
+    value_model = dp.place(load_value_model(m, cfg, start_dir, sft_dir).to(load_to))
     return PPO(policy, ref, value_model, scorer, m, tokenizer.eos_token_id, tokenizer.pad_token_id,
                g.max_new_tokens, cfg.seed, g.batch_size, g.temperature, bf16=use_bf16(cfg.model.precision, device),
                replicas=dp)
@@ -262,10 +271,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     tokenizer = load_tokenizer(sft_dir)
     scorer = method_scorer(cfg, tokenizer, pick_device(cfg.device))
     pool = train_prefixes(cfg, tokenizer, m.n_prompts)
-    # Under a launch that keeps whole weights in every process (DDP, torchrun), every process runs this loop on its
-    # share of each batch and the main one alone writes files; else this process alone.
-    dp = DataParallel(active=replicates_weights())
-    folder = RunFolder(out_dir)
+    # Under a multi-process launch every process runs this loop on its share of each batch (replicated or sharded
+    # models: for_launch) and the main one alone writes files; else this process alone.
+    dp = for_launch()
+    if dp.sharded and hasattr(scorer, "model"):  # r_phi sharded like the others (every process scores its share)
+        scorer.model = dp.frozen(scorer.model)
+    folder = RunFolder(out_dir, dp)
     if dp.main:
         folder.recover()
     dp.barrier()
@@ -288,21 +299,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                      disable=not dp.main):
         last_row = ppo.step(step, dp.shard(prompt_stream(pool, m.batch_size, cfg.seed, step)))
         done = step + 1
-        if not dp.main:
-            continue
-        log_metrics(folder.metrics, done, last_row, wandb_on=bool(report_to))
+        if dp.main:
+            log_metrics(folder.metrics, done, last_row, wandb_on=bool(report_to))
+        # Every process: a sharded policy is gathered collectively, then the main process writes.
         if done in snapshots:
-            folder.snapshot(ppo.policy, done)
+            folder.snapshot(ppo, done)
         if done % m.save_steps == 0 or done == m.total_steps:
             folder.checkpoint(ppo, done)
     dp.check_in_sync(ppo.policy)
     dp.check_in_sync(ppo.value_model)
+    folder.finish(ppo, tokenizer)
     if not dp.main:
         return {}
-    folder.finish(ppo.policy, tokenizer)
     finish_wandb()
     steps_timed = [r["time/step_s"] for r in read_jsonl(folder.metrics)]
-    return {"steps": m.total_steps, "world_size": dp.size, "resumed_from": start,
+    return {"steps": m.total_steps, "world_size": dp.size, "sharded": dp.sharded, "resumed_from": start,
             "final_kl": round(last_row.get("objective/kl", 0.0), 4),
             "final_kl_coef": round(last_row.get("objective/kl_coef", 0.0), 5),
             "final_scores": round(last_row.get("objective/scores", 0.0), 4),

@@ -19,7 +19,7 @@ def check(cfg: DictConfig, need) -> None:
     need(1 <= m.micro_batch_size <= m.minibatch_size,
          f"method.micro_batch_size ({m.micro_batch_size}) must be in 1..minibatch_size ({m.minibatch_size})")
     w = world_size()
-    if w > 1 and replicates_weights():  # PPO trains data-parallel: each process a share of both
+    if w > 1:  # PPO trains data-parallel (replicated or sharded): each process an equal share of both
         need(m.minibatch_size % w == 0,
              f"method.minibatch_size ({m.minibatch_size}) must be a multiple of the {w} processes of the launch")
     need(m.ppo_epochs >= 1, f"method.ppo_epochs must be >= 1, got {m.ppo_epochs}")
@@ -36,6 +36,35 @@ def check(cfg: DictConfig, need) -> None:
     need(m.eval_every >= 1 and m.save_steps >= 1, "method.eval_every and method.save_steps must be >= 1")
     need(not m.normalize_scores or m.score_norm_samples >= 2,
          "method.score_norm_samples must be >= 2 when normalize_scores is on")
+    check_memory(cfg, need)
+
+
+# Parameters of the presets' pretrained models (their Hub model cards), for the memory check below.
+PRETRAINED_PARAMS = {"gpt2-large": 774e6, "EleutherAI/gpt-j-6b": 6.05e9, "EleutherAI/pythia-2.8b": 2.78e9}
+# Bytes per policy parameter of PPO's four models: policy and value model train (fp32 weights, gradients and Adam's
+# two moments: 16 each), reference and r_phi only run forward (fp32 weights: 4 each); activations come on top.
+BYTES_PER_PARAM = 2 * 16 + 2 * 4
+# Share of a GPU's memory the models may take (the rest: activations, logits, the allocator's slack).
+GPU_SHARE = 0.85
+
+
+def check_memory(cfg: DictConfig, need) -> None:
+    """On a CUDA machine, refuse a PPO run whose models cannot fit each process's GPU: every model whole in every
+    process (one process, DDP), or a 1/processes share of each (FSDP or DeepSpeed launch: sharded)."""
+    import torch
+
+    params = PRETRAINED_PARAMS.get(str(cfg.model.pretrained)) if cfg.model.pretrained else None
+    if params is None or not torch.cuda.is_available():
+        return
+    w = world_size()
+    shards = w if w > 1 and not replicates_weights() else 1
+    per_process = BYTES_PER_PARAM * params / shards
+    have = torch.cuda.get_device_properties(0).total_memory
+    need(per_process <= GPU_SHARE * have,
+         f"PPO on {cfg.model.pretrained} ({params / 1e9:.1f}B parameters) needs ~{per_process / 2**30:.0f} GiB per "
+         f"process for its four models before activations ({'sharded over ' + str(shards) if shards > 1 else 'whole'}"
+         f"), and this GPU has {have / 2**30:.0f} GiB: launch on more GPUs with ACCELERATE=fsdp (every model sharded "
+         f"over the processes; a node of 8 x 80 GB for GPT-J 6B)")
 
 
 def check_settings(m: DictConfig) -> None:

@@ -62,10 +62,15 @@ class ValueModel(torch.nn.Module):
         self.head.weight.div_(std)
         self.head.bias.sub_(mean).div_(std)
 
-    def save(self, folder: Path) -> None:
-        self.trunk.save_pretrained(str(folder), safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()},
-                  str(folder / "value_head.safetensors"))
+    def save(self, folder: Path, state: dict | None = None) -> None:
+        """Trunk (a transformers folder) and head; from `state`, the whole model's state dict, when given (gathered
+        from the shards of a sharded run), else from the weights held here."""
+        state = self.state_dict() if state is None else state
+
+        def part(prefix: str) -> dict:
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        self.trunk.save_pretrained(str(folder), safe_serialization=True, state_dict=part("trunk."))
+        save_file({k: v.contiguous() for k, v in part("head.").items()}, str(folder / "value_head.safetensors"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -98,10 +98,10 @@ METHODS = {
     "preferred_ft": Method(preferred_ft.run_preferred_ft, check=preferred_ft.check, **OFFLINE),
     "unlikelihood": Method(unlikelihood.run_unlikelihood, check=unlikelihood.check, **OFFLINE),
     "bon": Method(best_of_n.run, LEARNED, on_policy=True, check=best_of_n.check, evaluate=best_of_n.evaluate),
-    # Our own PPO loop trains data-parallel (torch DDP) when the launch keeps whole weights in every process; under
-    # an FSDP or DeepSpeed launch it runs in the main process alone (its sampling needs every weight).
-    "ppo": Method(ppo.run, LEARNED, on_policy=True, distributed=distributed.replicates_weights, check=ppo.check),
-    "ppo_gt": Method(ppo.run, GOLD, on_policy=True, distributed=distributed.replicates_weights, check=ppo.check,
+    # Our own PPO loop trains in every process of a launch: replicated (torch DDP) where the launch keeps whole
+    # weights in each, sharded (torch FSDP2) under an FSDP or DeepSpeed launch (pipelines/infra/data_parallel.py).
+    "ppo": Method(ppo.run, LEARNED, on_policy=True, distributed=True, check=ppo.check),
+    "ppo_gt": Method(ppo.run, GOLD, on_policy=True, distributed=True, check=ppo.check,
                      formats=("prefix",)),
     "rloo": Method(rloo.run, LEARNED, on_policy=True, distributed=True, check=rloo.check, global_batch=True),
     "rloo_gt": Method(rloo.run, GOLD, on_policy=True, distributed=True, check=rloo.check, global_batch=True,

@@ -2,8 +2,9 @@
 
 Every process runs the same pipeline. The Trainer stages (SFT, the reward model, and the training of the DPO family,
 Preferred-FT, Unlikelihood and RLOO) run in all processes at once: the Trainer splits each batch across them. Our PPO
-loop does too when the launch keeps whole weights in every process (`Replicas`: torch DDP, each process its share of
-the batch), and runs in the main process alone under FSDP or DeepSpeed launches. Every other stage (data, r*,
+loop does too, each process its share of the batch: with whole weights in every process under DDP or torchrun
+(`Replicas`: torch DDP), sharded with torch FSDP2 under FSDP or DeepSpeed launches (data_parallel.Sharded). Every
+other stage (data, r*,
 pairs, evaluation, win rates, Best-of-N) runs in the main process alone while the others wait. The main process
 owns the bookkeeping: it takes the stage's file lock, decides skip / run / refuse, and writes
 stage_config.json and done.json; the decision reaches the others as one broadcast integer.
@@ -92,10 +93,17 @@ def save_trained(trainer, folder) -> None:
 
 
 def replicates_weights() -> bool:
-    """False under a launch that shards the weights across processes (accelerate's FSDP or DeepSpeed configs):
-    a loop of our own (PPO) that samples from the policy needs every weight in every process."""
+    """False under a launch that shards the weights across processes (accelerate's FSDP or DeepSpeed configs): the
+    Trainer stages then save through the Trainer, and our PPO loop shards its models too (data_parallel.Sharded)."""
     return not any(os.environ.get(k, "false").lower() == "true"
                    for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+
+
+def is_sharded(model) -> bool:
+    """Whether `model` is sharded over the processes by torch FSDP2 (pipelines/infra/data_parallel.py: Sharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 class Replicas:

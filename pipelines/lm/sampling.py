@@ -16,6 +16,7 @@ from transformers import GenerationConfig
 
 from pipelines.infra.cost_meter import add_generated, current, flop_params
 from pipelines.infra.device import use_bf16
+from pipelines.infra.distributed import is_sharded
 from pipelines.lm import vllm_engine
 from pipelines.numerics.logprobs import gather_logprobs
 
@@ -80,6 +81,9 @@ def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, 
         return out
     device = next(model.parameters()).device
     gen_cfg = full_distribution_config(max_new_tokens, eos_id, pad_id, temperature)
+    # A model sharded over the processes (PPO under an FSDP launch) runs collectives in every forward pass: each
+    # process keeps stepping until all are done (callers give every process the same number of prompts).
+    synced = is_sharded(model)
     was_training = model.training
     model.eval()  # dropout off: samples must come from the same function that is scored
     out: list[list[int]] = []
@@ -88,7 +92,7 @@ def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, 
         batch = prompts[start:start + batch_size]
         ids, mask = _left_pad(batch, pad_id, device)
         torch.manual_seed(batch_seed(seed, tag, b))
-        gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+        gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, synced_gpus=synced)
         for row in gen[:, ids.shape[1]:].tolist():
             out.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
             add_generated(len(out[-1]))

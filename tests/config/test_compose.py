@@ -122,9 +122,9 @@ def test_bad_values_are_refused(override, message):
     (["method=ppo", "method.minibatch_size=8", "method.micro_batch_size=2"], {"WORLD_SIZE": "8"}, None),
     (["method=ppo", "method.minibatch_size=2", "method.micro_batch_size=2"], {"WORLD_SIZE": "4"},
      "minibatch_size \\(2\\) must be a multiple of the 4 processes"),
-    # Under an FSDP launch PPO runs in the main process alone: its minibatch is not split.
+    # Under an FSDP launch PPO shards its models but still splits every minibatch over the processes.
     (["method=ppo", "method.minibatch_size=2", "method.micro_batch_size=2"],
-     {"WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}, None),
+     {"WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}, "minibatch_size \\(2\\) must be a multiple of the 4"),
 ])
 def test_batches_split_over_processes_must_divide(monkeypatch, overrides, launch, message):
     for k, v in {"WORLD_SIZE": "4", **launch}.items():
@@ -208,3 +208,34 @@ def test_zero_offload_launches_that_would_swap_the_optimiser_or_the_clip_are_ref
         check(compose_cfg(dpo))
     monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING")
     check(compose_cfg(dpo))
+
+
+class _GPU:
+    total_memory = 80 * 2 ** 30
+
+
+@pytest.mark.parametrize("launch,refused", [
+    ({"WORLD_SIZE": "1"}, True),  # GPT-J PPO on one 80 GB GPU: ~240 GB of models
+    ({"WORLD_SIZE": "8"}, True),  # DDP replicates them in every process
+    ({"WORLD_SIZE": "8", "ACCELERATE_USE_FSDP": "true"}, False),  # sharded over 8: ~30 GB each
+    ({"WORLD_SIZE": "8", "ACCELERATE_USE_DEEPSPEED": "true"}, False),
+])
+def test_ppo_that_cannot_fit_the_gpus_is_refused_before_training(monkeypatch, launch, refused):
+    import torch
+
+    for k, v in launch.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: _GPU())
+    cfg = compose_cfg(["experiment=summarization_paper", "method=ppo", "wandb.mode=disabled"])
+    if refused:
+        with pytest.raises(UserError, match=r"PPO on EleutherAI/gpt-j-6b \(6\.0B parameters\) needs ~\d+ GiB per "
+                                            r"process .* this GPU has 80 GiB.*ACCELERATE=fsdp"):
+            validate(cfg)
+    else:
+        validate(cfg)
+    # gpt2-large (sentiment paper) fits one GPU: ~29 GiB
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(k, raising=False)
+    validate(compose_cfg(["experiment=sentiment_paper", "method=ppo", "wandb.mode=disabled"]))

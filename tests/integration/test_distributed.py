@@ -1,5 +1,6 @@
 """A multi-process launch on CPU (torchrun, 2 processes, gloo): the Trainer stages and PPO train data-parallel in
-both processes, everything else runs in the main process, and the bookkeeping is written once. The GPU configs of
+both processes (PPO also sharded, as under an FSDP launch), everything else runs in the main process, and the
+bookkeeping is written once. The GPU configs of
 conf/accelerate/ parse, and the Makefile puts `accelerate launch` in front of every pipeline command."""
 import json
 import math
@@ -17,9 +18,9 @@ CONFIGS = {"ddp": ("MULTI_GPU", 8), "fsdp": ("FSDP", 8), "deepspeed_zero3": ("DE
            "deepspeed_zero3_offload": ("DEEPSPEED", 1)}
 
 
-def torchrun(args, tmp: Path, timeout=600):
+def torchrun(args, tmp: Path, timeout=600, **env_vars):
     env = {**os.environ, "RVD_RUNS": str(tmp / "runs"), "WANDB_MODE": "disabled", "ACCELERATE_USE_CPU": "true",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **env_vars}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pipelines.run", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -35,10 +36,12 @@ def two_process_runs(tmp_path_factory):
               f"hydra.run.dir={tmp}/hydra"]
     dpo = torchrun([*common, "method.beta=0.1"], tmp)
     ppo = torchrun([*common, "method=ppo", "method.kl.target=3"], tmp)
+    # PPO as an FSDP launch runs it (its upstream stages are done above; only PPO's loop reads the flag here).
+    sharded = torchrun([*common, "method=ppo", "method.kl.target=5"], tmp, ACCELERATE_USE_FSDP="true")
     again = torchrun([*common, "method.beta=0.1"], tmp)
     root = tmp / "runs" / "sentiment" / "smoke"
     done = {p.parent.relative_to(root).as_posix(): json.loads(p.read_text()) for p in root.glob("**/done.json")}
-    return {"dpo": dpo, "ppo": ppo, "again": again, "done": done, "root": root}
+    return {"dpo": dpo, "ppo": ppo, "sharded": sharded, "again": again, "done": done, "root": root}
 
 
 def test_trainer_stages_train_in_both_processes(two_process_runs):
@@ -72,6 +75,19 @@ def test_ppo_trains_data_parallel_in_both_processes(two_process_runs):
     norms = {line.split("ppo: score normalisation from", 1)[1].strip() for line in log.splitlines()
              if "ppo: score normalisation from" in line}
     assert len(norms) == 1, norms
+
+
+def test_ppo_trains_sharded_under_an_fsdp_launch(two_process_runs):
+    done, root = two_process_runs["done"], two_process_runs["root"]
+    ppo = done["seed0/ppo_kl5"]
+    assert ppo["metrics"]["sharded"] and ppo["metrics"]["world_size"] == 2 and ppo["cost"]["processes"] == 2
+    assert not done["seed0/ppo_kl3"]["metrics"]["sharded"]
+    # The gathered policy and snapshots were written once and evaluated like any other run's.
+    assert (root / "seed0/ppo_kl5/policy/model.safetensors").exists()
+    rows = [json.loads(x) for x in (root / "seed0/ppo_kl5/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert len(list((root / "seed0/ppo_kl5/snapshots").glob("step*/model.safetensors"))) >= 1
+    assert done["seed0/ppo_kl5/eval"]["metrics"]
 
 
 def test_other_stages_run_in_the_main_process_only(two_process_runs):
