@@ -30,6 +30,7 @@ from baselines import best_of_n, ppo, preferred_ft, rloo, unlikelihood  # noqa: 
 from pipelines import dpo  # noqa: E402
 from pipelines.infra import distributed, schema  # noqa: E402
 from pipelines.infra.bookkeeping import Stage, is_done, run_stage  # noqa: E402
+from pipelines.infra.device import configure_inference  # noqa: E402
 from pipelines.infra.io import UserError  # noqa: E402
 from pipelines.lm import vllm_engine  # noqa: E402
 from pipelines.lm.models import set_attn_implementation  # noqa: E402
@@ -255,6 +256,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, str]:
         return {}
     torch.set_num_threads(cfg.threads)
     set_attn_implementation(cfg.model.get("attn_implementation"))
+    configure_inference(cfg.model.precision, cfg.device)  # bf16 inference and TF32 on GPUs; CPU numbers unchanged
     vllm_engine.configure(cfg)  # resolves task.generation.backend=auto before any stage hash is taken
     distributed.group()  # under a multi-process launch: open the process group before any Trainer does
     hashes: dict[str, str] = {}

@@ -48,3 +48,30 @@ def trainer_precision(precision: str) -> dict:
     refuses bf16 without a GPU unless told it is training on the CPU)."""
     bf16 = use_bf16(precision)
     return {"bf16": bf16, **({"use_cpu": True} if bf16 and not torch.cuda.is_available() else {})}
+
+
+# Inference precision of this process, set once by the entry point (configure_inference) like the thread count:
+# sampling, the evaluation's log-probs and r_phi's scores run under bf16 autocast on a CUDA GPU where the preset
+# trains in bf16 (model.precision=bf16; the paper presets), in fp32 everywhere else, so the CPU default's numbers
+# never change. Samples and the log-probs of the KL then come from the same precision, vLLM's too
+# (pipelines/lm/vllm_engine.py). r* (the ground truth being measured) always scores in fp32.
+_INFERENCE = {"bf16": False}
+
+
+def configure_inference(precision: str, device_name: str = "auto") -> None:
+    """Inference precision for this process; on CUDA also TF32 tensor cores for the fp32 matmuls that remain."""
+    device = pick_device(device_name)
+    _INFERENCE["bf16"] = device.type == "cuda" and use_bf16(precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def inference_bf16() -> bool:
+    return _INFERENCE["bf16"]
+
+
+def inference_autocast(device: torch.device):
+    """Context for a forward pass or generation outside training: bf16 autocast where configure_inference chose it
+    (CUDA only), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_INFERENCE["bf16"] and device.type == "cuda")

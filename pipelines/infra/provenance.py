@@ -130,4 +130,9 @@ def environment() -> dict:
         env["cpu"]["usable_cpus"] = None
     env["torch"]["num_threads"] = torch.get_num_threads()
     env["torch"]["num_interop_threads"] = torch.get_num_interop_threads()
+    # GPU numerics this process chose (pipelines/infra/device.py configure_inference): both False on CPUs.
+    from pipelines.infra.device import inference_bf16
+
+    env["torch"]["inference_bf16"] = inference_bf16()
+    env["torch"]["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
     return env

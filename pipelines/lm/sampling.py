@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from pipelines.infra.cost_meter import add_generated, current, flop_params
-from pipelines.infra.device import use_bf16
+from pipelines.infra.device import inference_autocast, use_bf16
 from pipelines.infra.distributed import is_sharded
 from pipelines.lm import vllm_engine
 from pipelines.numerics.logprobs import gather_logprobs
@@ -92,7 +92,8 @@ def sample_completions(model, prompts: list[list[int]], *, max_new_tokens: int, 
         batch = prompts[start:start + batch_size]
         ids, mask = _left_pad(batch, pad_id, device)
         torch.manual_seed(batch_seed(seed, tag, b))
-        gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, synced_gpus=synced)
+        with inference_autocast(device):
+            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, synced_gpus=synced)
         for row in gen[:, ids.shape[1]:].tolist():
             out.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
             add_generated(len(out[-1]))
@@ -119,9 +120,11 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
     was_training = model.training
     model.eval()
     out: list[float] = []
+    device = next(model.parameters()).device
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
-        per_token = completion_token_logprobs(model, prompts[start:start + batch_size],
-                                              completions[start:start + batch_size])
+        with inference_autocast(device):
+            per_token = completion_token_logprobs(model, prompts[start:start + batch_size],
+                                                  completions[start:start + batch_size])
         out += [float(t.sum()) for t in per_token]
     model.train(was_training)
     return out

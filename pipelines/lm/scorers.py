@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForSequenceClassification
 
 from pipelines.infra.cost_meter import meter
-from pipelines.infra.device import pick_device
+from pipelines.infra.device import inference_autocast, pick_device
 from pipelines.lm.models import attn_kwargs
 from pipelines.lm.sampling import right_pad
 
@@ -31,7 +31,8 @@ class RewardModelScorer:
             ids, mask = right_pad([p + c for p, c in zip(prompts[start:start + self.batch_size],
                                                          completions[start:start + self.batch_size])],
                                   self.pad_id, self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            with inference_autocast(torch.device(self.device)):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
             out += logits[:, 0].float().tolist()
         return out
 

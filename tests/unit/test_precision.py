@@ -77,3 +77,26 @@ def test_ppo_under_bf16_recomputes_old_logprobs_in_the_update_precision():
     with ppo.autocast():
         values = ppo.value_model(b.ids, b.attn)
     assert values.dtype == torch.float32
+
+
+def test_inference_precision_is_bf16_only_on_a_bf16_gpu(monkeypatch):
+    from pipelines.infra import device
+
+    monkeypatch.setitem(device._INFERENCE, "bf16", False)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        device.configure_inference("bf16", "cpu")  # the CPU default: fp32 whatever the preset says
+        assert not device.inference_bf16()
+        assert not torch.backends.cuda.matmul.allow_tf32
+        with device.inference_autocast(torch.device("cpu")):
+            assert not torch.is_autocast_enabled("cpu")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        device.configure_inference("fp32", "auto")  # a GPU, an fp32 preset: fp32 inference, TF32 matmuls
+        assert not device.inference_bf16() and torch.backends.cuda.matmul.allow_tf32
+        device.configure_inference("bf16", "auto")
+        assert device.inference_bf16()
+        with device.inference_autocast(torch.device("cpu")):  # never on a CPU tensor's device
+            assert not torch.is_autocast_enabled("cpu")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

@@ -1,6 +1,8 @@
 """The optional vLLM path, against a stand-in `vllm` package (vLLM itself needs a GPU): backend resolution and its
-errors, what the engine is asked for (full distribution, a seed per prompt, EOS as a stop token), weight pushes
-before every call, and the EOS convention of the completions it returns."""
+errors (single-process jobs only), what the engine is asked for (full distribution, a seed per prompt, EOS as a
+stop token, the precision of the log-probs, a free rendezvous port, sleep mode), weight pushes before every call
+with the engine asleep in between, a Hub-id base model, and the EOS convention of the completions it returns."""
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -25,14 +27,24 @@ class FakeLLM:
     instances: list = []
 
     def __init__(self, **kwargs):
-        self.kwargs, self.pushed, self.calls = kwargs, [], []
-        runner = types.SimpleNamespace(load_weights=lambda weights: self.pushed.append([n for n, _ in weights]))
+        self.kwargs, self.pushed, self.calls, self.events = kwargs, [], [], []
+        runner = types.SimpleNamespace(load_weights=self._load)
         worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=runner))
         self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
         FakeLLM.instances.append(self)
 
+    def _load(self, weights):
+        self.pushed.append([n for n, _ in weights])
+        self.events.append("push")
+
     def reset_prefix_cache(self):
         pass
+
+    def sleep(self, level):
+        self.events.append(f"sleep{level}")
+
+    def wake_up(self, tags=None):
+        self.events.append("wake:" + ",".join(tags))
 
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append((prompts, params))
@@ -60,6 +72,9 @@ def fake_vllm(monkeypatch):
     monkeypatch.setattr(vllm_engine.importlib.util, "find_spec",
                         lambda name, *a: module.__spec__ if name == "vllm" else None)
     monkeypatch.setattr(vllm_engine, "_STATE", {"backend": "hf", "gpu_memory_utilization": 0.3, "engine": None})
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # restored after the test
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
     FakeLLM.instances.clear()
     return module
 
@@ -107,6 +122,9 @@ def test_sampling_through_vllm_pushes_weights_and_keeps_the_project_conventions(
     (llm,) = FakeLLM.instances
     assert llm.kwargs["model"] == str(tmp_path) and llm.kwargs["max_model_len"] == 24
     assert llm.kwargs["trust_remote_code"] is False and llm.kwargs["gpu_memory_utilization"] == 0.3
+    # fp32 log-probs here (no bf16 inference on a CPU): the engine samples in fp32 too, never a silent half
+    assert llm.kwargs["dtype"] == "float32" and llm.kwargs["enable_sleep_mode"] is True
+    assert os.environ["MASTER_PORT"] != "29533" and int(os.environ["MASTER_PORT"]) > 0
     prompts_sent, params = llm.calls[0]
     assert [p["prompt_token_ids"] for p in prompts_sent] == prompts
     for sp in params:  # the full distribution, the KL's sampling distribution
@@ -119,11 +137,32 @@ def test_sampling_through_vllm_pushes_weights_and_keeps_the_project_conventions(
         policy.lm_head.weight.add_(1.0)
     sample_completions(policy, prompts[:1], max_new_tokens=2, eos_id=0, pad_id=0, batch_size=2, seed=7, tag="t")
     assert len(llm.pushed) == 2 and len(FakeLLM.instances) == 1  # one engine per process
+    # asleep between calls (training has the GPU), woken for the push: weights first, then the KV cache
+    assert llm.events == ["push", "sleep2", "wake:weights", "push", "wake:kv_cache", "sleep2"]
 
 
 def test_a_policy_built_in_memory_cannot_seed_an_engine(monkeypatch, fake_vllm):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     vllm_engine.configure(OmegaConf.create({"task": {"generation": {"backend": "vllm"}}}))
     policy = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=24, n_embd=16, n_layer=1, n_head=2))
-    with pytest.raises(UserError, match="loaded from a folder"):
+    with pytest.raises(UserError, match="loaded from a folder or the Hub"):
         sample_completions(policy, [[1]], max_new_tokens=2, eos_id=0, pad_id=0, batch_size=1, seed=0)
+
+
+def test_a_hub_id_base_model_seeds_the_engine_at_its_resolved_revision(monkeypatch, fake_vllm):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    vllm_engine.configure(OmegaConf.create({"task": {"generation": {"backend": "vllm"}}}))
+    policy = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=24, n_embd=16, n_layer=1, n_head=2))
+    policy.config._name_or_path = "EleutherAI/gpt-j-6b"  # as from_pretrained(<Hub id>) leaves it
+    policy.config._commit_hash = "a" * 40
+    sample_completions(policy, [[2]], max_new_tokens=2, eos_id=0, pad_id=0, batch_size=1, seed=0)
+    (llm,) = FakeLLM.instances
+    assert llm.kwargs["model"] == "EleutherAI/gpt-j-6b" and llm.kwargs["revision"] == "a" * 40
+
+
+def test_vllm_is_single_process_only(monkeypatch, fake_vllm):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert vllm_engine.resolve_backend("auto") == "hf"
+    with pytest.raises(UserError, match="runs in single-process jobs, and this launch has 4 processes"):
+        vllm_engine.resolve_backend("vllm")
