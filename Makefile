@@ -35,7 +35,7 @@ MADE_BY = $(strip make $@ $(foreach v,SEEDS METHODS,$(if $($(v)),$(v)=\"$($(v))\
 
 .PHONY: help venv reproduce-sentiment reproduce-sentiment-seeds reproduce-sentiment-paper reproduce-summarization \
 	reproduce-dialogue reproduce-summarization-paper reproduce-dialogue-paper sweep analyze-sentiment test test-fast \
-	test-all bench bench-e2e bench-e2e-seeds gpu-smoke clean-runs
+	test-all bench bench-e2e bench-e2e-seeds gpu-smoke pin-hub clean-runs
 
 help: ## list the targets and the variables they read
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-26s %s\n", $$1, $$2}'
@@ -90,5 +90,7 @@ bench-e2e-seeds: $(VENV)/.installed ## after bench-e2e: time adding full-pipelin
 	$(PY) -m pipelines.bench --seeds --make-args "$(BENCH_MAKE_ARGS)"
 gpu-smoke: $(VENV)/.installed ## one GPU, random weights at the paper shapes (no Hub), <10 min: PPO, DPO, generation fp32 vs bf16, reward scoring; record in results/bench/
 	$(PY) -m pipelines.gpu_smoke $(GPU_SMOKE_ARGS)
+pin-hub: $(VENV)/.installed ## pin every Hub model and dataset of the paper presets to its current commit (needs Hub access); writes conf/hub_revisions.yaml
+	$(PY) -m pipelines.hub_pin
 clean-runs: ## delete training outputs under runs/ or $RVD_RUNS (results/ is kept)
 	rm -rf -- "$(RUNS)"

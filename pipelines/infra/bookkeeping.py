@@ -26,7 +26,7 @@ from typing import Callable
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.infra import cost_meter, distributed
+from pipelines.infra import cost_meter, distributed, hub
 from pipelines.infra.io import UserError, atomic_write_json
 from pipelines.infra.provenance import environment, git_sha, versions
 
@@ -81,6 +81,9 @@ def config_hash(cfg: DictConfig, stage: Stage, upstream_hashes: dict[str, str]) 
                "upstream": dict(sorted(upstream_hashes.items()))}
     if stage.fingerprint is not None:
         payload["inputs"] = stage.fingerprint(cfg)
+    pins = hub.pins_in(payload["config"])  # pinned Hub revisions of the ids it names (none: nothing added)
+    if pins:
+        payload["hub_revisions"] = pins
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16], payload
 

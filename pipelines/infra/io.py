@@ -63,10 +63,50 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def hub_hint(name: str, err: Exception) -> UserError:
-    """The error to raise when a model or dataset named by a Hub id cannot be loaded."""
-    return UserError(
-        f"could not load '{name}' ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).\n"
-        "Paper-scale presets read models and datasets from the Hugging Face Hub, which this machine cannot reach. "
-        "Run on a machine with Hub access, or point the config at a local copy (a folder made with "
-        "save_pretrained / local data files), or use the embedded default (make reproduce-sentiment).")
+def _causes(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from (cause or context), outermost first."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+# Exception class names that mean "the Hub could not be reached" (and the files are not in the local cache).
+_OFFLINE = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "ConnectTimeout",
+            "gaierror", "ReadTimeout", "TimeoutException"}
+_MISSING = {"RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError", "GatedRepoError",
+            "DisabledRepoError"}
+LOCAL_COPY = ("point the config at a local copy (a folder written by save_pretrained(safe_serialization=True), or "
+              "local data files), or use the embedded default (make reproduce-sentiment)")
+
+
+def hub_hint(name: str, err: Exception, revision: str | None = None) -> UserError:
+    """The one-line error for a model or dataset (a Hub id or a local folder) that cannot be loaded, telling apart a
+    missing folder, a folder without safetensors weights, a Hub that cannot be reached, a repository or revision
+    the Hub does not have, and a repository without safetensors weights at that revision."""
+    causes = _causes(err)
+    kinds = {type(e).__name__ for e in causes}
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    at = f" at revision {revision}" if revision else ""
+    from pipelines.infra.hub import is_hub_id
+
+    path = Path(os.path.expanduser(name))
+    if not is_hub_id(name):
+        if not path.exists():
+            return UserError(f"'{name}' does not exist (a model folder was expected here)")
+        if not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+            return UserError(f"'{name}' holds pickled PyTorch weights (*.bin) and no safetensors: models load as "
+                             "safetensors only; convert the folder once with save_pretrained(safe_serialization=True)")
+        return UserError(f"could not load '{name}': {first}")
+    if kinds & _OFFLINE:
+        return UserError(f"cannot reach the Hugging Face Hub for '{name}'{at}, and it is not in the local cache: run "
+                         f"where the Hub is reachable (once; later runs read the cache), or {LOCAL_COPY}")
+    if kinds & _MISSING:
+        return UserError(f"the Hugging Face Hub has no '{name}'{at} (or it is gated: log in with `hf auth login`): "
+                         f"check the id and revision ({type(causes[-1]).__name__}: {first})")
+    if "safetensors" in " ".join(str(e) for e in causes).lower() or "EntryNotFoundError" in kinds:
+        return UserError(f"'{name}'{at or ' on its main branch'} has no safetensors weights, and models load as "
+                         "safetensors only (no pickle): pin a revision that has them (conf/hub_revisions.yaml), or "
+                         f"convert a local copy with save_pretrained(safe_serialization=True) ({first})")
+    return UserError(f"could not load '{name}'{at} ({type(err).__name__}: {first}); {LOCAL_COPY}")

@@ -135,4 +135,8 @@ def environment() -> dict:
 
     env["torch"]["inference_bf16"] = inference_bf16()
     env["torch"]["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    # The Hub commits this process loaded (id -> commit; pipelines/infra/hub.py): {} offline.
+    from pipelines.infra.hub import loaded_commits
+
+    env["hub"] = loaded_commits()
     return env

@@ -44,7 +44,9 @@ def load_comparisons(data: str, split: str, n: int | None) -> list[Comparison]:
                 raise UserError(f"--data {data}: no such file")
             ds = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
         else:
-            ds = load_dataset(data, split=split)
+            from pipelines.infra.hub import revision_of
+
+            ds = load_dataset(data, split=split, revision=revision_of(data))
     except UserError:
         raise
     except Exception as err:  # a Hub id offline, a broken file: one clear message

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from pipelines.infra.cost_meter import meter
+from pipelines.infra.hub import loaded, revision_of
 from pipelines.infra.io import hub_hint
 
 EOS = "<|endoftext|>"
@@ -45,10 +46,11 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> Pr
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    revision = revision_of(str(path))
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except OSError as err:
-        raise hub_hint(str(path), err) from None
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, revision=revision)
+    except (OSError, ValueError) as err:
+        raise hub_hint(str(path), err, revision) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     # Left padding for generation; not persisted by save_pretrained, so set on every load.
@@ -69,12 +71,15 @@ def build_policy(model_cfg: DictConfig, tokenizer) -> torch.nn.Module:
 
 
 def load_policy(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load a causal LM (safetensors only, no remote code) in eval mode (dropout off)."""
+    """Load a causal LM (safetensors only, no remote code) in eval mode (dropout off); a Hub id at its pinned
+    revision (conf/hub_revisions.yaml)."""
+    revision = revision_of(str(path))
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False,
-                                                     dtype=dtype, **attn_kwargs())
-    except OSError as err:
-        raise hub_hint(str(path), err) from None
+                                                     dtype=dtype, revision=revision, **attn_kwargs())
+    except (OSError, ValueError) as err:
+        raise hub_hint(str(path), err, revision) from None
+    loaded(str(path), getattr(model.config, "_commit_hash", None))
     return meter(model.to(device).eval())
 
 

@@ -169,10 +169,14 @@ def read_local(files) -> list[dict]:
 def read_hf(hf_id: str) -> dict[str, list[dict]]:
     import datasets
 
+    from pipelines.infra.hub import loaded, revision_of
+
+    revision = revision_of(hf_id)
     try:
-        dd = datasets.load_dataset(hf_id)
+        dd = datasets.load_dataset(hf_id, revision=revision)
     except Exception as err:
-        raise hub_hint(hf_id, err) from None
+        raise hub_hint(hf_id, err, revision) from None
+    loaded(hf_id, revision)
     out = {}
     for split in ("train", "test"):
         if split in dd:

@@ -138,12 +138,16 @@ class HFClassifierReward:
     def __init__(self, name: str, positive_label: str, device: torch.device, batch_size: int = 32):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from pipelines.infra.hub import loaded, revision_of
+
+        revision = revision_of(name)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+            self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False, revision=revision)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                name, use_safetensors=True, trust_remote_code=False).to(device).eval()
-        except OSError as err:
-            raise hub_hint(name, err) from None
+                name, use_safetensors=True, trust_remote_code=False, revision=revision).to(device).eval()
+        except (OSError, ValueError) as err:
+            raise hub_hint(name, err, revision) from None
+        loaded(name, getattr(self.model.config, "_commit_hash", None))
         from pipelines.infra.cost_meter import meter
         meter(self.model)
         labels = {v.upper(): int(k) for k, v in self.model.config.id2label.items()}

@@ -38,10 +38,14 @@ def load_rows(kind: str, *, source: str, hf_id: str | None = None, hf_config: st
 
     columns = COLUMNS[kind]
     if source == "hf":
+        from pipelines.infra.hub import loaded, revision_of
+
+        revision = revision_of(hf_id)
         try:
-            tables = [(hf_id, datasets.load_dataset(hf_id, hf_config, split=split))]
-        except Exception as err:  # the Hub unreachable, an unknown id or split
-            raise hub_hint(hf_id, err) from None
+            tables = [(hf_id, datasets.load_dataset(hf_id, hf_config, split=split, revision=revision))]
+        except Exception as err:  # the Hub unreachable, an unknown id, revision or split
+            raise hub_hint(hf_id, err, revision) from None
+        loaded(hf_id, revision)
     elif source == "local":
         files = [local_files] if isinstance(local_files, str) else list(local_files or [])
         if not files:

@@ -86,5 +86,5 @@ def test_classifier_reward_checks_its_label(local_models):
 
 def test_unreachable_hub_model_fails_with_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="could not load 'siebert/sentiment-roberta-large-english'"):
+    with pytest.raises(UserError, match="cannot reach the Hugging Face Hub for 'siebert/sentiment-roberta-large"):
         HFClassifierReward("siebert/sentiment-roberta-large-english", "POSITIVE", torch.device("cpu"))

@@ -114,9 +114,9 @@ def test_hub_ids_fail_with_the_offline_hint(monkeypatch):
         calls.append((args, kwargs))
         raise ConnectionError("Couldn't reach 'Anthropic/hh-rlhf' on the Hub")
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(UserError, match="(?s)could not load 'Anthropic/hh-rlhf'.*local copy"):
+    with pytest.raises(UserError, match="(?s)cannot reach the Hugging Face Hub for 'Anthropic/hh-rlhf'.*local copy"):
         pd_.load_rows("hh", source="hf", hf_id="Anthropic/hh-rlhf", split="test")
-    assert calls == [(("Anthropic/hh-rlhf", None), {"split": "test"})]
+    assert calls == [(("Anthropic/hh-rlhf", None), {"split": "test", "revision": None})]
     with pytest.raises(UserError):
         pd_.load_rows("cnn_dailymail", source="hf", hf_id="cnn_dailymail", hf_config="3.0.0", split="test")
-    assert calls[-1] == (("cnn_dailymail", "3.0.0"), {"split": "test"})
+    assert calls[-1] == (("cnn_dailymail", "3.0.0"), {"split": "test", "revision": None})
