@@ -27,15 +27,19 @@ def _zero_offload(cfg: DictConfig, need) -> None:
     configures another optimiser (the DPO family's RMSprop) or another clip would silently train with different
     ones, so the launch is refused instead."""
     env = os.environ
-    if "train" not in cfg.pipeline or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
         return
     m = cfg.method
-    optimizer = str(m.get("optimizer", "adamw_torch"))
     offload = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() not in ("", "none")
-    need(not offload or optimizer.startswith("adamw"),
-         f"method.optimizer={optimizer}: under DeepSpeed optimiser offload accelerate trains with DeepSpeedCPUAdam "
-         "instead; launch with ACCELERATE=deepspeed_zero3 (sharded over enough GPUs, no offload) to keep "
-         f"{optimizer}, or set method.optimizer=adamw_torch deliberately")
+    for stage, key, optimizer in (("train", "method.optimizer", m.get("optimizer")),
+                                  ("sft", "model.sft.optimizer", cfg.model.sft.get("optimizer"))):
+        optimizer = str(optimizer or "adamw_torch")
+        need(stage not in cfg.pipeline or not offload or optimizer.startswith("adamw"),
+             f"{key}={optimizer}: under DeepSpeed optimiser offload accelerate trains with DeepSpeedCPUAdam "
+             "instead; launch with ACCELERATE=deepspeed_zero3 (sharded over enough GPUs, no offload) to keep "
+             f"{optimizer}, or set {key}=adamw_torch deliberately")
+    if "train" not in cfg.pipeline:
+        return
     clip = env.get("ACCELERATE_GRADIENT_CLIPPING")
     if clip not in (None, "", "none", "auto") and m.get("max_grad_norm") is not None:
         need(float(clip) == float(m.max_grad_norm),
@@ -165,6 +169,10 @@ def _method(cfg: DictConfig, method, need) -> None:
          "model.sft needs epochs > 0, learning_rate > 0, batch_size >= 1, block_size >= 2")
     m = cfg.method
     w = distributed.world_size()
+    accumulation = s.get("gradient_accumulation_steps", 1)
+    need(accumulation >= 1 and s.batch_size % (w * accumulation) == 0,
+         f"model.sft.batch_size ({s.batch_size}) must be a multiple of the {w} process(es) x "
+         f"model.sft.gradient_accumulation_steps ({accumulation})")
     if w > 1:  # a configured batch is the global batch of an optimiser step, split over the processes
         batches = {"model.sft.batch_size": s.batch_size}
         if cfg.get("reward_model") is not None:

@@ -37,9 +37,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     train, test, extra, max_length = task_of(cfg).sft_data(cfg, tokenizer, model)
     log.info("sft: %d train / %d test examples, %.2fM parameters", len(train), len(test),
              sum(p.numel() for p in model.parameters()) / 1e6)
+    # Optional recipe keys (conf/model/pythia_2_8b.yaml sets them; absent: the Trainer's AdamW, no accumulation,
+    # clip 1.0, exactly as before they existed).
+    accumulation = s.get("gradient_accumulation_steps", 1)
+    optimizer = {"optim": s.optimizer} if s.get("optimizer") else {}
     args = SFTConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=s.epochs, learning_rate=s.learning_rate,
-        per_device_train_batch_size=per_process(s.batch_size), per_device_eval_batch_size=s.batch_size,
+        per_device_train_batch_size=max(1, per_process(s.batch_size) // accumulation),
+        gradient_accumulation_steps=accumulation, per_device_eval_batch_size=s.batch_size,
+        **optimizer, max_grad_norm=s.get("max_grad_norm", 1.0),
         warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type=s.lr_scheduler,
         max_length=max_length, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
         # TRL defaults both on; neither is wanted on CPU or for small models.

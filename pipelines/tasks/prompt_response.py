@@ -12,7 +12,9 @@ They are this format's row of pipelines/tasks/registry.py.
 
 A prompt longer than task.prompt.max_tokens is left out wherever it appears (never cut: a summarization prompt cut
 at the end loses its "TL;DR:"), and counted. A completion is cut at task.generation.max_new_tokens; an uncut one
-ends with EOS, as the policy's own samples do.
+ends with EOS, as the policy's own samples do. With task.prompt.truncation (the HH paper preset) the DPO reference
+code's rule applies instead (`fit_lengths`): nothing is left out; a prompt + answer over max_length keeps the
+prompt's last max_prompt_length tokens (the end of the dialogue), then the answers are cut to the rest.
 """
 from __future__ import annotations
 
@@ -152,6 +154,29 @@ def encode_completion(tokenizer, completion: str, max_tokens: int) -> list[int]:
     return ids[:max_tokens]
 
 
+def answer_cap(cfg: DictConfig) -> int:
+    """Tokens an answer of the data keeps before `fit_lengths`: max_new_tokens, or max_length under truncation."""
+    t = cfg.task.prompt.get("truncation")
+    return t.max_length if t else cfg.task.generation.max_new_tokens
+
+
+def fit_lengths(cfg: DictConfig, prompt: list[int], answers: list[list[int]]
+                ) -> tuple[list[int], list[list[int]]] | None:
+    """A prompt and its answers as training reads them. Without task.prompt.truncation: unchanged, or None for a
+    prompt over task.prompt.max_tokens (left out). With it (max_length, max_prompt_length; the DPO reference code's
+    rule for HH): if prompt + the longer answer exceed max_length, the prompt keeps its last max_prompt_length
+    tokens; if they still do, every answer is cut to max_length - max_prompt_length (losing its EOS)."""
+    t = cfg.task.prompt.get("truncation")
+    if not t:
+        return None if len(prompt) > cfg.task.prompt.max_tokens else (prompt, answers)
+    longest = max(len(a) for a in answers)
+    if len(prompt) + longest > t.max_length:
+        prompt = prompt[-t.max_prompt_length:]
+    if len(prompt) + longest > t.max_length:
+        answers = [a[:t.max_length - t.max_prompt_length] for a in answers]
+    return prompt, answers
+
+
 def sft_examples(cfg: DictConfig, tokenizer, split: str) -> tuple[list[dict], int]:
     """SFT examples (input_ids, labels: -100 on the prompt, or on nothing when task.sft.completion_only_loss is
     off) from train.jsonl / a held-out slice of it. Returns (examples, prompts left out as too long)."""
@@ -161,11 +186,12 @@ def sft_examples(cfg: DictConfig, tokenizer, split: str) -> tuple[list[dict], in
     only = cfg.task.sft.completion_only_loss
     out, too_long = [], 0
     for r in rows:
-        p = encode_prompt(tokenizer, r["prompt"])
-        if len(p) > cfg.task.prompt.max_tokens:
+        fitted = fit_lengths(cfg, encode_prompt(tokenizer, r["prompt"]),
+                             [encode_completion(tokenizer, r["completion"], answer_cap(cfg))])
+        if fitted is None:
             too_long += 1
             continue
-        c = encode_completion(tokenizer, r["completion"], cfg.task.generation.max_new_tokens)
+        p, (c,) = fitted
         out.append({"input_ids": p + c, "labels": ([-100] * len(p) if only else p) + c})
     if not out:
         raise UserError(f"sft: no {split} example has a prompt of <= task.prompt.max_tokens="
@@ -193,9 +219,12 @@ def _fitting(cfg: DictConfig, tokenizer, rows: list[dict], n: int | None, what: 
     # News articles are longer than posts: the out-of-distribution split may have a cap of its own.
     key = "ood_max_tokens" if what == "ood" and cfg.task.prompt.get("ood_max_tokens") else "max_tokens"
     cap = cfg.task.prompt[key]
+    t = cfg.task.prompt.get("truncation")
     out = []
     for r in rows:
         ids = encode_prompt(tokenizer, r["prompt"])
+        if t and len(ids) + cfg.task.generation.max_new_tokens > t.max_length:
+            ids = ids[-t.max_prompt_length:]  # the reference code's rule, with the sample's room as the answer
         if len(ids) <= cap:
             out.append({**r, "prompt_ids": ids})
             if n and len(out) == n:
@@ -262,18 +291,18 @@ def run_pairs(cfg: DictConfig, out_dir: Path) -> dict:
     from pipelines.lm.models import load_policy, load_tokenizer
     from pipelines.lm.sampling import reference_logps
 
-    p, g = cfg.task.pairs, cfg.task.generation
+    p = cfg.task.pairs
     sft_dir = Path(cfg.paths.sft) / "policy"
     tokenizer = load_tokenizer(sft_dir)
     rows = read_jsonl(Path(cfg.paths.data) / "prefs.jsonl")
     encoded, too_long, same = [], 0, 0
     for r in rows:
-        prompt = encode_prompt(tokenizer, r["prompt"])
-        if len(prompt) > cfg.task.prompt.max_tokens:
+        fitted = fit_lengths(cfg, encode_prompt(tokenizer, r["prompt"]),
+                             [encode_completion(tokenizer, r[k], answer_cap(cfg)) for k in ("chosen", "rejected")])
+        if fitted is None:
             too_long += 1
             continue
-        chosen = encode_completion(tokenizer, r["chosen"], g.max_new_tokens)
-        rejected = encode_completion(tokenizer, r["rejected"], g.max_new_tokens)
+        prompt, (chosen, rejected) = fitted
         if chosen == rejected:  # identical once cut to the length cap
             same += 1
             continue
