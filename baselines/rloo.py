@@ -21,7 +21,7 @@ from trl import RLOOConfig, RLOOTrainer
 
 from baselines.onpolicy import method_scorer, score_normalisation, train_prefixes
 from pipelines.infra.cost_meter import add_generated, meter
-from pipelines.infra.device import pick_device, use_bf16
+from pipelines.infra.device import gradient_checkpointing, pick_device, use_bf16
 from pipelines.infra.distributed import per_process
 from pipelines.infra.tracking import JsonlMetrics, trainer_report_to
 from pipelines.lm import vllm_engine
@@ -88,7 +88,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         top_k=0, top_p=1.0, beta=m.beta, learning_rate=m.learning_rate, lr_scheduler_type="constant",
         max_grad_norm=m.max_grad_norm, max_steps=m.total_steps, logging_steps=1, save_steps=m.save_steps,
         save_total_limit=1, disable_dropout=True, bf16=use_bf16(cfg.model.precision, device),
-        gradient_checkpointing=False, report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"),
+        gradient_checkpointing=gradient_checkpointing(cfg.model),
+        report_to=trainer_report_to(cfg, out_dir, f"{m.tag}-seed{cfg.seed}"),
         seed=cfg.seed, dataloader_num_workers=0, use_cpu=device.type == "cpu",
         # task.generation.backend=vllm: TRL's own colocated vLLM engine samples the rollouts.
         use_vllm=vllm_engine.active(), vllm_mode="colocate",

@@ -75,3 +75,9 @@ def inference_autocast(device: torch.device):
     """Context for a forward pass or generation outside training: bf16 autocast where configure_inference chose it
     (CUDA only), else nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_INFERENCE["bf16"] and device.type == "cuda")
+
+
+def gradient_checkpointing(model_cfg) -> bool:
+    """Recompute activations in the backward pass (model.gradient_checkpointing: the GPT-J preset, where they would
+    not fit next to its training state; absent elsewhere: off, as the numbers were measured)."""
+    return bool(model_cfg.get("gradient_checkpointing", False))

@@ -10,7 +10,7 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
-from pipelines.infra.device import trainer_precision
+from pipelines.infra.device import gradient_checkpointing, trainer_precision
 from pipelines.infra.distributed import is_main, per_process, replicates_weights, save_trained
 from pipelines.infra.io import UserError, read_jsonl
 from pipelines.infra.tracking import finish_wandb, latest_checkpoint, trainer_report_to
@@ -74,7 +74,8 @@ def training_args(cfg: DictConfig, out_dir: Path) -> dict:
         per_device_train_batch_size=per_process(m.batch_size),
         gradient_accumulation_steps=m.gradient_accumulation_steps,
         num_train_epochs=m.epochs, max_steps=m.max_steps, logging_steps=10, save_steps=m.save_steps,
-        save_total_limit=1, **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
+        save_total_limit=1, **trainer_precision(cfg.model.precision),
+        gradient_checkpointing=gradient_checkpointing(cfg.model),
         # Gradient-norm clip: TRL's and transformers' default 1.0 unless the preset sets it (the paper presets of
         # the DPO family: 10.0, the DPO reference code's).
         max_grad_norm=m.get("max_grad_norm", 1.0),

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer
 
 from pipelines.infra.cost_meter import meter
-from pipelines.infra.device import pick_device, trainer_precision
+from pipelines.infra.device import gradient_checkpointing, pick_device, trainer_precision
 from pipelines.infra.distributed import is_main, per_process, save_trained
 from pipelines.infra.io import UserError, read_jsonl
 from pipelines.infra.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
@@ -101,7 +101,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # Evaluate and checkpoint together, so the best held-out checkpoint can be restored at the end.
         eval_strategy="steps", eval_steps=r.eval_every, save_strategy="steps", save_steps=r.eval_every,
         save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
-        greater_is_better=True, max_length=None, **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
+        greater_is_better=True, max_length=None, **trainer_precision(cfg.model.precision),
+        gradient_checkpointing=gradient_checkpointing(cfg.model),
         report_to=trainer_report_to(cfg, out_dir, f"reward_model-{cfg.model.name}"), seed=cfg.shared_seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=held,

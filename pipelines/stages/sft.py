@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from pipelines.infra.device import trainer_precision
+from pipelines.infra.device import gradient_checkpointing, trainer_precision
 from pipelines.infra.distributed import is_main, per_process, save_trained
 from pipelines.infra.tracking import JsonlMetrics, finish_wandb, latest_checkpoint, trainer_report_to
 from pipelines.lm.lm_head import apply_to_trainer
@@ -49,7 +49,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         warmup_steps=s.warmup_ratio, weight_decay=s.weight_decay, lr_scheduler_type=s.lr_scheduler,
         max_length=max_length, packing=False, logging_steps=10, save_steps=s.save_steps, save_total_limit=1,
         # TRL defaults both on; neither is wanted on CPU or for small models.
-        **trainer_precision(cfg.model.precision), gradient_checkpointing=False,
+        **trainer_precision(cfg.model.precision), gradient_checkpointing=gradient_checkpointing(cfg.model),
         report_to=trainer_report_to(cfg, out_dir, f"sft-{cfg.model.name}"), seed=cfg.shared_seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available())
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,

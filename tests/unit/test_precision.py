@@ -100,3 +100,11 @@ def test_inference_precision_is_bf16_only_on_a_bf16_gpu(monkeypatch):
             assert not torch.is_autocast_enabled("cpu")
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def test_gradient_checkpointing_only_where_the_preset_asks():
+    from tests.helpers import compose_cfg
+
+    assert device.gradient_checkpointing(compose_cfg(["model=gptj_6b"]).model)
+    for model in ("tiny", "gpt2_large", "pythia_2_8b"):
+        assert not device.gradient_checkpointing(compose_cfg([f"model={model}"]).model), model
