@@ -159,3 +159,50 @@ def test_sharded_snapshots_and_checkpoints_hold_the_full_weights(two_ranks):
     value = ValueModel.load(out / "run" / "last" / "value")
     assert value.head.weight.abs().sum() > 0  # trained away from its zero start
     assert set(value.state_dict()) == {k for k in r0["sharded_value"]}
+
+
+def _optimum_worker(rank: int, port: int, out_dir: str) -> None:
+    """The analytic-optimum problem of tests/unit/test_analytic_optimum.py, PPO sharded over two processes."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
+    torch.set_num_threads(1)
+    from baselines.ppo import PPO, ValueModel
+    from pipelines.infra import distributed
+    from pipelines.infra.data_parallel import Sharded
+    from tests.unit import test_analytic_optimum as ao
+
+    distributed._group = None
+    policy, ref, value = ao.tiny_policy(), ao.tiny_policy(), ValueModel(ao.tiny_policy().transformer)
+    args = OmegaConf.create(dict(
+        learning_rate=3e-3, value_learning_rate=3e-3, lr_schedule="constant", total_steps=150,
+        kl=dict(target=None, init_coef=ao.BETA, horizon=1), batch_size=256, minibatch_size=128,
+        micro_batch_size=128, ppo_epochs=2, gamma=1.0, lam=0.95, clip_range=0.2, clip_range_value=0.2,
+        vf_coef=0.1, max_grad_norm=1.0, whiten_advantages=True, normalize_scores=False, missing_eos_penalty=None,
+        ref_ema_decay=None))
+    ppo = PPO(policy, ref, value, lambda p, c: [float(ao.REWARD[x[0]]) for x in c], args, eos_id=0, pad_id=0,
+              max_new_tokens=1, seed=0, generation_batch_size=128, replicas=Sharded())
+    for step in range(150):
+        ppo.step(step, ppo.dp.shard([ao.PROMPT] * 256))
+    state = ppo.dp.full_state(ppo.policy)
+    if rank == 0:
+        final = ao.tiny_policy()
+        final.load_state_dict(state)
+        torch.save({"final": ao.next_token_dist(final), "ref": ao.next_token_dist(ao.tiny_policy())},
+                   Path(out_dir) / "optimum.pt")
+    ppo.dp.barrier()
+    distributed._group.dist.destroy_process_group()
+
+
+@pytest.mark.slow  # 150 PPO steps in two processes: minutes (make test-all)
+def test_sharded_ppo_converges_to_the_analytic_optimum(tmp_path):
+    from tests.unit import test_analytic_optimum as ao
+
+    try:
+        mp.spawn(_optimum_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        if not (tmp_path / "optimum.pt").exists():
+            raise
+    result = torch.load(tmp_path / "optimum.pt", weights_only=True)
+    target = ao.optimum(result["ref"], ao.BETA)
+    assert ao.tv(result["final"], target) < ao.TV_BOUND, (result["final"], target)
+    assert ao.tv(result["ref"], target) > 0.25  # it moved the whole way from pi_ref
