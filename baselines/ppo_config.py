@@ -22,6 +22,10 @@ def check(cfg: DictConfig, need) -> None:
     if w > 1:  # PPO trains data-parallel (replicated or sharded): each process an equal share of both
         need(m.minibatch_size % w == 0,
              f"method.minibatch_size ({m.minibatch_size}) must be a multiple of the {w} processes of the launch")
+        # Sharded, every process must make the same forward calls: equal shares of the normalisation samples too.
+        need(not m.normalize_scores or m.score_norm_samples % w == 0,
+             f"method.score_norm_samples ({m.score_norm_samples}) must be a multiple of the {w} processes of the "
+             "launch")
     need(m.ppo_epochs >= 1, f"method.ppo_epochs must be >= 1, got {m.ppo_epochs}")
     need(m.learning_rate > 0 and m.value_learning_rate > 0, "method.learning_rate and value_learning_rate must be > 0")
     need(0 < m.lam <= 1 and 0 < m.gamma <= 1, f"method.gamma and method.lam must be in (0, 1], got {m.gamma}, {m.lam}")

@@ -122,6 +122,8 @@ def test_bad_values_are_refused(override, message):
     (["method=ppo", "method.minibatch_size=8", "method.micro_batch_size=2"], {"WORLD_SIZE": "8"}, None),
     (["method=ppo", "method.minibatch_size=2", "method.micro_batch_size=2"], {"WORLD_SIZE": "4"},
      "minibatch_size \\(2\\) must be a multiple of the 4 processes"),
+    (["method=ppo", "method.score_norm_samples=250"], {"WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"},
+     "score_norm_samples \\(250\\) must be a multiple of the 4 processes"),
     # Under an FSDP launch PPO shards its models but still splits every minibatch over the processes.
     (["method=ppo", "method.minibatch_size=2", "method.micro_batch_size=2"],
      {"WORLD_SIZE": "4", "ACCELERATE_USE_FSDP": "true"}, "minibatch_size \\(2\\) must be a multiple of the 4"),
