@@ -101,7 +101,8 @@ class PPO:
         self.device = next(policy.parameters()).device
         # Mixed precision (model.precision=bf16 where the device has it): fp32 weights, optimiser and losses; the
         # forward passes of rollout scoring and of the update under bf16 autocast, so old and new log-probs of a
-        # rollout come from the same numerics (ratio 1 at the first minibatch). Sampling stays fp32.
+        # rollout come from the same numerics (ratio 1 at the first minibatch). Sampling runs in the process's
+        # inference precision (pipelines/infra/device.py: fp32 on CPUs, bf16 autocast on a bf16 GPU preset).
         self.bf16 = bf16
 
     def autocast(self):

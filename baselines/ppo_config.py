@@ -23,7 +23,7 @@ def check(cfg: DictConfig, need) -> None:
         need(m.minibatch_size % w == 0,
              f"method.minibatch_size ({m.minibatch_size}) must be a multiple of the {w} processes of the launch")
         # Sharded, every process must make the same forward calls: equal shares of the normalisation samples too.
-        need(not m.normalize_scores or m.score_norm_samples % w == 0,
+        need(replicates_weights() or not m.normalize_scores or m.score_norm_samples % w == 0,
              f"method.score_norm_samples ({m.score_norm_samples}) must be a multiple of the {w} processes of the "
              "launch")
     need(m.ppo_epochs >= 1, f"method.ppo_epochs must be >= 1, got {m.ppo_epochs}")

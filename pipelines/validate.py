@@ -38,13 +38,15 @@ def _zero_offload(cfg: DictConfig, need) -> None:
              f"{key}={optimizer}: under DeepSpeed optimiser offload accelerate trains with DeepSpeedCPUAdam "
              "instead; launch with ACCELERATE=deepspeed_zero3 (sharded over enough GPUs, no offload) to keep "
              f"{optimizer}, or set {key}=adamw_torch deliberately")
-    if "train" not in cfg.pipeline:
-        return
     clip = env.get("ACCELERATE_GRADIENT_CLIPPING")
-    if clip not in (None, "", "none", "auto") and m.get("max_grad_norm") is not None:
-        need(float(clip) == float(m.max_grad_norm),
-             f"method.max_grad_norm={m.max_grad_norm} but the DeepSpeed launch config clips at {clip}; make them "
-             "equal (conf/accelerate/*.yaml gradient_clipping)")
+    if clip in (None, "", "none", "auto"):
+        return
+    # The SFT stage's Trainer clips at model.sft.max_grad_norm (absent: the Trainer's 1.0).
+    for stage, key, norm in (("train", "method.max_grad_norm", m.get("max_grad_norm")),
+                             ("sft", "model.sft.max_grad_norm", cfg.model.sft.get("max_grad_norm", 1.0))):
+        need(stage not in cfg.pipeline or norm is None or float(clip) == float(norm),
+             f"{key}={norm} but the DeepSpeed launch config clips at {clip}; make them equal "
+             "(conf/accelerate/*.yaml gradient_clipping)")
 
 
 def validate(cfg: DictConfig, method) -> None:
@@ -117,6 +119,14 @@ def _text_task(cfg: DictConfig, need) -> None:
     t = cfg.task
     need(t.name in TEXT_TASKS, f"task.format=prompt_response is implemented for {TEXT_TASKS}, not '{t.name}'")
     need(t.prompt.max_tokens >= 1, f"task.prompt.max_tokens must be >= 1, got {t.prompt.max_tokens}")
+    cut = t.prompt.get("truncation")
+    if cut:
+        need(1 <= cut.max_prompt_length < cut.max_length,
+             f"task.prompt.truncation needs 1 <= max_prompt_length < max_length, got {cut.max_prompt_length} and "
+             f"{cut.max_length}")
+        need(cut.max_prompt_length + t.generation.max_new_tokens <= cut.max_length,
+             f"task.prompt.truncation: max_prompt_length ({cut.max_prompt_length}) + task.generation.max_new_tokens "
+             f"({t.generation.max_new_tokens}) must fit max_length ({cut.max_length})")
     for key in ("max_sft", "max_pairs", "max_test"):
         value = t.data.get(key)
         need(value is None or value >= 1, f"task.data.{key} must be >= 1 or null, got {value}")

@@ -81,7 +81,7 @@ def config_hash(cfg: DictConfig, stage: Stage, upstream_hashes: dict[str, str]) 
                "upstream": dict(sorted(upstream_hashes.items()))}
     if stage.fingerprint is not None:
         payload["inputs"] = stage.fingerprint(cfg)
-    pins = hub.pins_in(payload["config"])  # pinned Hub revisions of the ids it names (none: nothing added)
+    pins = hub.pins_in(payload["config"], hub.used_ids(cfg))  # pinned revisions of the Hub ids it loads
     if pins:
         payload["hub_revisions"] = pins
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

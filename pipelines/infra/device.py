@@ -73,8 +73,13 @@ def inference_bf16() -> bool:
 
 def inference_autocast(device: torch.device):
     """Context for a forward pass or generation outside training: bf16 autocast where configure_inference chose it
-    (CUDA only), else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_INFERENCE["bf16"] and device.type == "cuda")
+    (CUDA only), else nothing at all: an autocast the caller opened (reference_logps: the training precision) stays
+    in force (`autocast(enabled=False)` would switch it off)."""
+    from contextlib import nullcontext
+
+    if _INFERENCE["bf16"] and device.type == "cuda":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def gradient_checkpointing(model_cfg) -> bool:

@@ -2,9 +2,10 @@
 
 Every loader of a Hub id asks `revision_of(id)` (None for a local path, an id the file does not list, or one not
 pinned yet: the Hub's main branch) and reports what it loaded with `loaded(id, commit)`; a stage's done.json keeps
-those commits (pipelines/infra/provenance.py environment, key "hub"). A pinned revision enters the hash of every
-stage whose config names the id (`pins_in`), so moving a pin re-runs exactly the stages that read it; unpinned ids
-add nothing, so the hashes of presets without Hub ids (the embedded default) never move.
+those commits (pipelines/infra/provenance.py environment, key "hub"; for datasets, the revision asked for). A pinned
+revision enters the hash of every stage whose config names an id the run loads (`pins_in` over `used_ids`), so moving
+a pin re-runs exactly the stages that read it; an id a preset names but does not load (the embedded default's
+task.data.hf_id with source=embedded) adds nothing, so the embedded default's hashes never move.
 """
 from __future__ import annotations
 
@@ -59,9 +60,23 @@ def loaded_commits() -> dict[str, str | None]:
     return dict(sorted(_LOADED.items()))
 
 
-def pins_in(value) -> dict[str, str]:
-    """The pinned revisions of the Hub ids named anywhere in `value` (a config payload: dicts, lists, strings)."""
-    lock = _lock()
+def used_ids(cfg) -> set[str]:
+    """The Hub ids a run of `cfg` loads: the pretrained model, the task's datasets when task.data.source=hf, r* when
+    it is a Hub classifier."""
+    ids = {cfg.model.get("pretrained")}
+    data = cfg.task.data
+    if data.get("source") == "hf":
+        ids |= {data.get("hf_id")} | set((data.get("hf") or {}).values())
+    reward = cfg.task.get("reward")
+    if reward is not None and reward.get("kind") == "hf_classifier":
+        ids.add(reward.get("hf_id"))
+    return {str(i) for i in ids if isinstance(i, str) and is_hub_id(i)}
+
+
+def pins_in(value, used: set[str]) -> dict[str, str]:
+    """The pinned revisions of the ids of `used` named anywhere in `value` (a config payload: dicts, lists,
+    strings)."""
+    lock = {k: v for k, v in _lock().items() if k in used}
     found: dict[str, str] = {}
 
     def walk(v) -> None:

@@ -7,14 +7,16 @@ records the backend that really sampled (samples of the two backends differ, eve
 
 One engine per process, colocated with training on the same GPU (top-level `vllm_gpu_memory_utilization` of its
 memory), built from the first policy it samples (its folder, or its Hub id: the zero-shot base model) and fed the
-current weights before every call: PPO pushes its policy once per rollout, evaluation each checkpoint. Between calls
-it sleeps (vLLM's sleep mode, level 2: weights and KV cache freed), so training gets the GPU back; it wakes before
-the next push. It runs inside this process (vLLM's external launcher, as TRL's colocate mode), which is what lets
-the weights be pushed without a server; its rendezvous takes a free port, so jobs side by side on one node do not
-collide. It samples in the precision the log-probs of the KL are computed in (bf16 where the process infers in bf16,
-pipelines/infra/device.py, else fp32), so samples and log-probs come from one model. Samples follow the project's
-rules: full distribution (top_k 0 = off, top_p 1, min_p 0), EOS kept at the end of a completion that stopped on
-it, a seed per prompt. RLOO is TRL's trainer: it gets TRL's own colocated vLLM (`use_vllm`) from the same setting.
+current weights before every call: PPO pushes its policy once per rollout, evaluation each checkpoint (so the
+engine reads no weight file itself: `load_format="dummy"`; a Hub model's pickled weights are never opened). Between
+calls it sleeps (vLLM's sleep mode, level 1: weights moved to host memory, KV cache freed), so training gets the
+GPU back; it wakes before the next push. It runs inside this process (vLLM's external launcher, as TRL's colocate
+mode), which is what lets the weights be pushed without a server; its rendezvous takes a free port, so jobs side
+by side on one node do not collide. It samples in the precision the log-probs of the KL are computed in (bf16
+where the process infers in bf16, pipelines/infra/device.py, else fp32), so samples and log-probs come from one
+model. Samples follow the project's rules: full distribution (top_k 0 = off, top_p 1, min_p 0), EOS kept at the
+end of a completion that stopped on it, a seed per prompt. RLOO is TRL's trainer: it gets TRL's own colocated vLLM
+(`use_vllm`) from the same setting.
 
 vLLM runs in single-process jobs only. Under a launch of several processes most sampling stages (pairs, evaluation,
 Best-of-N, win rates) run in the main process while the others wait, and vLLM's engine must be built by every
@@ -110,10 +112,11 @@ class VLLMEngine:
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         self.dtype = "bfloat16" if inference_bf16() else "float32"
+        # Random weights at build: the policy's own are pushed before every call (push_weights).
         self.llm = LLM(model=model, revision=revision, skip_tokenizer_init=True, dtype=self.dtype,
-                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                       distributed_executor_backend="external_launcher", enable_prefix_caching=False,
-                       enable_sleep_mode=True, trust_remote_code=False, seed=0)
+                       load_format="dummy", max_model_len=max_model_len,
+                       gpu_memory_utilization=gpu_memory_utilization, distributed_executor_backend="external_launcher",
+                       enable_prefix_caching=False, enable_sleep_mode=True, trust_remote_code=False, seed=0)
         self.asleep = False
 
     def push_weights(self, model: torch.nn.Module) -> None:
@@ -129,8 +132,9 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
-        """Free the engine's GPU memory (weights and KV cache) until the next push_weights."""
-        self.llm.sleep(level=2)
+        """Free the engine's GPU memory until the next push_weights: weights to host memory, KV cache dropped
+        (level 1; level 2 would also drop model buffers, which older vLLM releases do not rebuild on wake-up)."""
+        self.llm.sleep(level=1)
         self.asleep = True
 
     def sample(self, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, temperature: float,

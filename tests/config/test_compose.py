@@ -210,6 +210,16 @@ def test_zero_offload_launches_that_would_swap_the_optimiser_or_the_clip_are_ref
         check(compose_cfg(dpo))
     monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING")
     check(compose_cfg(dpo))
+    # The HH SFT (the reference code's RMSprop) under offload: refused as well; the TL;DR SFT (AdamW) is fine.
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    with pytest.raises(UserError, match="model.sft.optimizer=rmsprop"):
+        check(compose_cfg(["experiment=dialogue_paper", "method=bon", "wandb.mode=disabled"]))
+    check(compose_cfg(["experiment=summarization_paper", "method=bon", "wandb.mode=disabled"]))
+    # ... and its clip (10, the reference code's) against a launch that clips at 1.0, without offload
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "1.0")
+    with pytest.raises(UserError, match="model.sft.max_grad_norm=10.0 but the DeepSpeed launch config clips at 1.0"):
+        check(compose_cfg(["experiment=dialogue_paper", "method=bon", "wandb.mode=disabled"]))
 
 
 class _GPU:

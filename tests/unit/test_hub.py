@@ -85,3 +85,17 @@ def test_a_pin_reaches_the_loader_and_the_hashes_of_the_stages_that_read_the_id(
     assert after["tokenizer"] != before["tokenizer"] and after["sft"] != before["sft"]
     assert after["reward"] == before["reward"] and after["data"] == before["data"]  # they name no pinned id
     assert bookkeeping.config_hash(cfg, STAGES["sft"], {})[1]["hub_revisions"] == pins
+
+
+def test_pinning_every_id_moves_no_hash_of_the_embedded_default(monkeypatch):
+    """The embedded default names Hub ids it never loads (task.data.hf_id with source=embedded, r*'s hf_id with
+    kind=tfidf_logreg): pins must not reach its hashes."""
+    from pipelines.run import STAGES
+
+    cfg = compose_cfg(["experiment=sentiment_embedded"])
+    before = {s: bookkeeping.config_hash(cfg, STAGES[s], {})[0] for s in ("data", "tokenizer", "sft", "reward")}
+    every_id = {k: "c" * 40 for k in hub._lock()}
+    monkeypatch.setattr(hub, "_lock", lambda path=hub.REVISIONS: every_id)
+    assert before == {s: bookkeeping.config_hash(cfg, STAGES[s], {})[0] for s in before}
+    paper = compose_cfg(["experiment=sentiment_paper"])
+    assert hub.used_ids(paper) == {"gpt2-large", "stanfordnlp/imdb", "siebert/sentiment-roberta-large-english"}

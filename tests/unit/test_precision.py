@@ -98,6 +98,11 @@ def test_inference_precision_is_bf16_only_on_a_bf16_gpu(monkeypatch):
         assert device.inference_bf16()
         with device.inference_autocast(torch.device("cpu")):  # never on a CPU tensor's device
             assert not torch.is_autocast_enabled("cpu")
+        # ... and never switches off an autocast the caller opened (the reference log-probs' training precision)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with device.inference_autocast(torch.device("cpu")):
+                assert torch.is_autocast_enabled("cpu")
+                assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 

@@ -105,7 +105,7 @@ def test_ddp_averages_gradients_and_the_divergence_check_fires(two_ranks):
 
 
 def test_single_process_is_the_identity(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")  # a launch of 2, but the loop is not data-parallel (e.g. FSDP)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a launch of 2, but this helper asked not to be data-parallel
     rep = distributed.Replicas(active=False)
     assert (rep.size, rep.rank, rep.main) == (1, 0, True)
     x = torch.tensor([1.0, 2.0, 4.0])

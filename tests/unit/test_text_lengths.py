@@ -31,6 +31,18 @@ def test_the_reference_rule_cuts_the_prompt_to_its_end_then_the_answers():
     assert prompt == [4, 5, 6, 7] and answers == [[7] * 6, [8] * 2]
 
 
+def test_a_truncation_that_leaves_no_room_is_refused():
+    import pytest
+
+    from pipelines.infra.io import UserError
+    from pipelines.run import check
+
+    for override, message in (("task.prompt.truncation.max_prompt_length=512", "max_prompt_length < max_length"),
+                              ("task.generation.max_new_tokens=300", "must fit max_length")):
+        with pytest.raises(UserError, match=message):
+            check(compose_cfg(["experiment=dialogue_paper", "method=dpo", "wandb.mode=disabled", override]))
+
+
 def test_only_the_hh_paper_preset_uses_the_reference_rule():
     assert compose_cfg(["experiment=dialogue_paper"]).task.prompt.truncation == {"max_length": 512,
                                                                                   "max_prompt_length": 256}

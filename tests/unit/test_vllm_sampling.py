@@ -124,6 +124,7 @@ def test_sampling_through_vllm_pushes_weights_and_keeps_the_project_conventions(
     assert llm.kwargs["trust_remote_code"] is False and llm.kwargs["gpu_memory_utilization"] == 0.3
     # fp32 log-probs here (no bf16 inference on a CPU): the engine samples in fp32 too, never a silent half
     assert llm.kwargs["dtype"] == "float32" and llm.kwargs["enable_sleep_mode"] is True
+    assert llm.kwargs["load_format"] == "dummy"  # the weights come from the pushes, never from its files
     assert os.environ["MASTER_PORT"] != "29533" and int(os.environ["MASTER_PORT"]) > 0
     prompts_sent, params = llm.calls[0]
     assert [p["prompt_token_ids"] for p in prompts_sent] == prompts
@@ -138,7 +139,7 @@ def test_sampling_through_vllm_pushes_weights_and_keeps_the_project_conventions(
     sample_completions(policy, prompts[:1], max_new_tokens=2, eos_id=0, pad_id=0, batch_size=2, seed=7, tag="t")
     assert len(llm.pushed) == 2 and len(FakeLLM.instances) == 1  # one engine per process
     # asleep between calls (training has the GPU), woken for the push: weights first, then the KV cache
-    assert llm.events == ["push", "sleep2", "wake:weights", "push", "wake:kv_cache", "sleep2"]
+    assert llm.events == ["push", "sleep1", "wake:weights", "push", "wake:kv_cache", "sleep1"]
 
 
 def test_a_policy_built_in_memory_cannot_seed_an_engine(monkeypatch, fake_vllm):
