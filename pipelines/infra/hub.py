@@ -62,14 +62,15 @@ def loaded_commits() -> dict[str, str | None]:
 
 def used_ids(cfg) -> set[str]:
     """The Hub ids a run of `cfg` loads: the pretrained model, the task's datasets when task.data.source=hf, r* when
-    it is a Hub classifier."""
-    ids = {cfg.model.get("pretrained")}
-    data = cfg.task.data
-    if data.get("source") == "hf":
-        ids |= {data.get("hf_id")} | set((data.get("hf") or {}).values())
-    reward = cfg.task.get("reward")
-    if reward is not None and reward.get("kind") == "hf_classifier":
-        ids.add(reward.get("hf_id"))
+    it is a Hub classifier (keys a config lacks count as absent)."""
+    def get(key: str):
+        return OmegaConf.select(cfg, key, default=None)
+
+    ids = {get("model.pretrained")}
+    if get("task.data.source") == "hf":
+        ids |= {get("task.data.hf_id")} | set((get("task.data.hf") or {}).values())
+    if get("task.reward.kind") == "hf_classifier":
+        ids.add(get("task.reward.hf_id"))
     return {str(i) for i in ids if isinstance(i, str) and is_hub_id(i)}
 
 
