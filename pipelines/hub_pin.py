@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipelines.infra.hub import REVISIONS
+from pipelines.infra.io import hub_unreachable
 
 
 def resolve(api, name: str, kind: str, revision: str | None) -> tuple[str | None, str]:
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 sha, note = resolve(api, name, kind, current)
             except Exception as err:  # noqa: BLE001 - any failure of the Hub call is reported on one line
-                kinds = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
-                if kinds & {"ConnectError", "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled",
-                            "gaierror", "ConnectTimeout"}:
+                if hub_unreachable(err):
                     print(f"error: cannot reach the Hugging Face Hub ({name}): run make pin-hub where it is "
                           "reachable", file=sys.stderr)
                     return 2

@@ -1,9 +1,11 @@
 """Helpers the tests share (import them from here, not from conftest): the repository's paths, Hydra
-composition, and small synthetic data files in the schemas of the real datasets."""
+composition, small synthetic data files in the schemas of the real datasets, and two-process gloo launches."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import warnings
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -101,3 +103,32 @@ def write_hh_files(folder: Path, n_train: int = 80, n_test: int = 30, seed: int 
         files[name] = folder / f"hh_{name}.jsonl"
         files[name].write_text("".join(json.dumps(row(i)) + "\n" for i in range(n)))
     return files
+
+
+def join_two_ranks(rank: int, port: int) -> None:
+    """In a process spawned by `spawn_two_ranks`: the variables a launcher sets for rank `rank` of 2 on the CPU,
+    one torch thread, and no process group left from an earlier spawn."""
+    import torch
+
+    from pipelines.infra import distributed
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
+    torch.set_num_threads(1)
+    distributed._group = None
+
+
+def spawn_two_ranks(worker, out: Path, outputs: list[str]) -> None:
+    """Run worker(rank, port, str(out)) in two processes (gloo, a free port). A process killed by a signal at
+    teardown after every file of `outputs` was written (gloo's threads at interpreter exit) is tolerated with a
+    warning: the results are complete and the tests judge them; killed before that, it is a failure."""
+    import torch.multiprocessing as mp
+
+    from pipelines.infra.distributed import free_port
+
+    try:
+        mp.spawn(worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        if not all((out / name).exists() for name in outputs):
+            raise
+        warnings.warn(f"a process ended abnormally after writing its results: {err}")

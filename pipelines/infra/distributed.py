@@ -26,6 +26,15 @@ WAIT = timedelta(hours=72)
 SKIP, RUN, REFUSE = 0, 1, 2
 
 
+def free_port() -> int:
+    """A TCP port no process on this machine listens on now (a rendezvous of our own: vLLM's engine, tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -81,6 +81,11 @@ LOCAL_COPY = ("point the config at a local copy (a folder written by save_pretra
               "local data files), or use the embedded default (make reproduce-sentiment)")
 
 
+def hub_unreachable(err: BaseException) -> bool:
+    """Whether `err` (or what it was raised from) says the Hub could not be reached."""
+    return bool({type(e).__name__ for e in _causes(err)} & _OFFLINE)
+
+
 def hub_hint(name: str, err: Exception, revision: str | None = None) -> UserError:
     """The one-line error for a model or dataset (a Hub id or a local folder) that cannot be loaded, telling apart a
     missing folder, a folder without safetensors weights, a Hub that cannot be reached, a repository or revision
@@ -99,7 +104,7 @@ def hub_hint(name: str, err: Exception, revision: str | None = None) -> UserErro
             return UserError(f"'{name}' holds pickled PyTorch weights (*.bin) and no safetensors: models load as "
                              "safetensors only; convert the folder once with save_pretrained(safe_serialization=True)")
         return UserError(f"could not load '{name}': {first}")
-    if kinds & _OFFLINE:
+    if hub_unreachable(err):
         return UserError(f"cannot reach the Hugging Face Hub for '{name}'{at}, and it is not in the local cache: run "
                          f"where the Hub is reachable (once; later runs read the cache), or {LOCAL_COPY}")
     if kinds & _MISSING:

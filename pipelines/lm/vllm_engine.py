@@ -28,13 +28,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import socket
 from pathlib import Path
 
 import torch
 
 from pipelines.infra.device import inference_bf16
-from pipelines.infra.distributed import world_size
+from pipelines.infra.distributed import free_port, world_size
 from pipelines.infra.io import UserError
 
 log = logging.getLogger(__name__)
@@ -149,13 +148,6 @@ class VLLMEngine:
                                     use_tqdm=False)
         self.sleep()  # training (PPO's update) gets the memory until the next call
         return [completion_ids(o.outputs[0], eos_id) for o in outputs]
-
-
-def free_port() -> int:
-    """A TCP port no process on this machine listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_for(model: torch.nn.Module) -> VLLMEngine:

@@ -302,11 +302,9 @@ def test_one_sdk_client_serves_every_call_and_thread(server, api_key, tmp_path, 
 
 
 def test_connection_refused_is_retried_then_stops(api_key, tmp_path):
-    import socket
+    from pipelines.infra.distributed import free_port
 
-    with socket.socket() as s:  # a port nothing listens on once this closes
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     judge = OpenAIJudge("judge-model", f"http://127.0.0.1:{port}/v1", KEY_ENV, timeout=2.0)
     with pytest.raises(JudgeStopped) as stop:
         run_judgments(judge, TEMPLATE, comparisons(5), cache_dir=tmp_path, seed=0, concurrency=1, max_retries=2,

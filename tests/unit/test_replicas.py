@@ -2,28 +2,17 @@
 identity they are in a single process: sums, means, whitening of a batch split over processes, DDP gradient
 averaging and the check that catches replicas whose weights diverged."""
 import os
-import socket
-import warnings
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from pipelines.infra import distributed
 from pipelines.numerics import ppo_math as pm
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import join_two_ranks, spawn_two_ranks
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
-    torch.set_num_threads(1)
-    distributed._group = None
+    join_two_ranks(rank, port)
     rep = distributed.Replicas(active=True)
     results = {"size": rep.size, "rank": rep.rank, "shard": rep.shard(list(range(7)))}
     results["sum"] = rep.all_sum(torch.tensor([1.0 + rank, 10.0])).tolist()
@@ -70,14 +59,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("replicas")
-    try:
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
-    except mp.ProcessExitedException as err:
-        # Killed by a signal at teardown after both wrote their results (gloo's threads at interpreter exit): the
-        # results are complete and the tests below judge them. Killed before that: a real failure.
-        if not all((out / f"rank{r}.pt").exists() for r in (0, 1)):
-            raise
-        warnings.warn(f"a process ended abnormally after writing its results: {err}")
+    spawn_two_ranks(_worker, out, ["rank0.pt", "rank1.pt"])
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 

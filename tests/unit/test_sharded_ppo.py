@@ -3,16 +3,14 @@ launch gets) computes what the data-parallel PPO computes, in two real gloo proc
 weights step for step (up to float summation order), a resume from a sharded checkpoint that continues exactly, and
 frontier snapshots that hold the full gathered weights. Sampling runs on the sharded policy with processes whose
 completions end at different lengths (each keeps stepping until both are done)."""
-import os
-import socket
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
+
+from tests.helpers import join_two_ranks, spawn_two_ranks
 
 STEPS = 3
 VOCAB, EOS = 12, 0
@@ -20,12 +18,6 @@ ARGS = dict(learning_rate=3e-3, value_learning_rate=3e-3, lr_schedule="linear", 
             kl=dict(target=4.0, init_coef=0.2, horizon=100), batch_size=8, minibatch_size=4, micro_batch_size=1,
             ppo_epochs=2, gamma=1.0, lam=0.95, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, max_grad_norm=1.0,
             whiten_advantages=True, normalize_scores=False, missing_eos_penalty=None, ref_ema_decay=0.9)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _policy() -> GPT2LMHeadModel:
@@ -59,16 +51,13 @@ def _run(ppo, steps) -> list[dict]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
-    torch.set_num_threads(1)
+    join_two_ranks(rank, port)
     from baselines.ppo_checkpoint import RunFolder, load_state
     from baselines.ppo_models import ValueModel
     from pipelines.infra import distributed
     from pipelines.infra.data_parallel import DataParallel, Sharded
     from pipelines.lm.models import load_policy
 
-    distributed._group = None
     out = Path(out_dir)
     results: dict = {}
     # Replicated (DDP) reference run.
@@ -107,12 +96,7 @@ pytestmark = pytest.mark.heavy  # two processes, three runs: ~30 s on 2 cores
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded_ppo")
-    try:
-        mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
-    except mp.ProcessExitedException as err:  # killed at teardown after writing (see test_replicas.py)
-        if not all((out / f"rank{r}.pt").exists() for r in (0, 1)):
-            raise
-        warnings.warn(f"a process ended abnormally after writing its results: {err}")
+    spawn_two_ranks(_worker, out, ["rank0.pt", "rank1.pt"])
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
@@ -163,15 +147,12 @@ def test_sharded_snapshots_and_checkpoints_hold_the_full_weights(two_ranks):
 
 def _optimum_worker(rank: int, port: int, out_dir: str) -> None:
     """The analytic-optimum problem of tests/unit/test_analytic_optimum.py, PPO sharded over two processes."""
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
-    torch.set_num_threads(1)
+    join_two_ranks(rank, port)
     from baselines.ppo import PPO, ValueModel
     from pipelines.infra import distributed
     from pipelines.infra.data_parallel import Sharded
     from tests.unit import test_analytic_optimum as ao
 
-    distributed._group = None
     policy, ref, value = ao.tiny_policy(), ao.tiny_policy(), ValueModel(ao.tiny_policy().transformer)
     args = OmegaConf.create(dict(
         learning_rate=3e-3, value_learning_rate=3e-3, lr_schedule="constant", total_steps=150,
@@ -197,11 +178,7 @@ def _optimum_worker(rank: int, port: int, out_dir: str) -> None:
 def test_sharded_ppo_converges_to_the_analytic_optimum(tmp_path):
     from tests.unit import test_analytic_optimum as ao
 
-    try:
-        mp.spawn(_optimum_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    except mp.ProcessExitedException:
-        if not (tmp_path / "optimum.pt").exists():
-            raise
+    spawn_two_ranks(_optimum_worker, tmp_path, ["optimum.pt"])
     result = torch.load(tmp_path / "optimum.pt", weights_only=True)
     target = ao.optimum(result["ref"], ao.BETA)
     assert ao.tv(result["final"], target) < ao.TV_BOUND, (result["final"], target)
