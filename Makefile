@@ -88,7 +88,7 @@ bench-e2e: $(VENV)/.installed ## time make reproduce-sentiment from an empty run
 	$(PY) -m pipelines.bench --e2e --make-args "$(BENCH_MAKE_ARGS)"
 bench-e2e-seeds: $(VENV)/.installed ## after bench-e2e: time adding full-pipeline seeds 1 and 2 of every method (make reproduce-sentiment SEEDS="0 1 2", no ledger); adds it to results/bench/e2e-*
 	$(PY) -m pipelines.bench --seeds --make-args "$(BENCH_MAKE_ARGS)"
-gpu-smoke: $(VENV)/.installed ## one GPU, random weights at the paper shapes (no Hub), <10 min: PPO, DPO, generation fp32 vs bf16, reward scoring; record in results/bench/
+gpu-smoke: $(VENV)/.installed ## one GPU, random weights at the paper shapes (no Hub), <10 min: PPO (plain and sharded), DPO, generation fp32 vs bf16, reward scoring; record in results/bench/
 	$(PY) -m pipelines.gpu_smoke $(GPU_SMOKE_ARGS)
 pin-hub: $(VENV)/.installed ## pin every Hub model and dataset of the paper presets to its current commit (needs Hub access); writes conf/hub_revisions.yaml
 	$(PY) -m pipelines.hub_pin

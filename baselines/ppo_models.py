@@ -75,7 +75,8 @@ class ValueModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         with torch.autocast(hidden.device.type, enabled=False):  # the scalar head in fp32 under mixed precision
-            return self.head(hidden.float()).squeeze(-1)
+            # A copy, not a view: FSDP2 hooks the backward of a sharded model's output, and warns on a view.
+            return self.head(hidden.float()).squeeze(-1).clone()
 
 
 def load_value_model(m: DictConfig, cfg: DictConfig, start_dir: Path | None, sft_dir: Path) -> ValueModel:

@@ -6,6 +6,9 @@ user learns in under 10 minutes on one H100 whether the paper presets fit and ho
                 length in bf16 and fp32 (TF32 on), and the bf16 samples' per-token log-probs under bf16 and fp32
                 copies of the same weights (what mixing precisions does to the KL estimate)
   ppo           one PPO step (baselines/ppo.py) at gpt2-large shape, sentiment paper preset (1,024 rollouts)
+  ppo_sharded   the PPO step on the sharded path (FSDP2 on every model, synced generation, the snapshot gathered and
+                written) in a process group of one, against the same step unsharded from the same weights (256
+                rollouts)
   dpo           one DPO step at GPT-J shape as pipelines/dpo.py builds the summarization paper preset; on
                 out-of-memory retried once at 4 layers
   reward_model  r_phi's scoring pass at gpt2-large shape over 1,024 sequences, fp32 vs bf16
@@ -40,6 +43,7 @@ from pipelines.bench import CONF, _StepTimer, _timed, _tokenizer, _trained, peak
 from pipelines.bench_e2e import machine, write_index
 from pipelines.dpo import SampledTokenDPOTrainer, loss_options
 from pipelines.infra.cost_meter import meter
+from pipelines.infra.data_parallel import DataParallel, one_process
 from pipelines.infra.device import use_bf16
 from pipelines.infra.provenance import environment, git_sha, versions
 from pipelines.lm.lm_head import apply_to_trainer
@@ -47,7 +51,7 @@ from pipelines.lm.models import attn_kwargs
 from pipelines.lm.sampling import completion_token_logprobs, sample_completions
 from pipelines.lm.scorers import RewardModelScorer
 
-CASES = ("generation", "ppo", "dpo", "reward_model")
+CASES = ("generation", "ppo", "ppo_sharded", "dpo", "reward_model")
 NO_GPU = "make gpu-smoke needs a CUDA GPU; `--dry` runs the same code at tiny shapes on CPU"
 # The shapes of the presets' pretrained models (their Hub config.json: gpt2-large, EleutherAI/gpt-j-6b), keyed by
 # conf/model name; the model configs name only the Hub id. --dry shrinks every model to DRY.
@@ -58,6 +62,8 @@ DRY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 512}
 ARCH = {"gpt2_large": (GPT2Config, GPT2LMHeadModel), "gptj_6b": (GPTJConfig, GPTJForCausalLM)}
 DPO_SETTINGS = ("optim", "learning_rate", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "max_grad_norm", "bf16", "gradient_checkpointing")  # recorded from the DPOConfig the case built
+# Rollouts of the sharded PPO case's step (the ppo case's 1,024 would add minutes; the path is the point here).
+SHARDED_ROLLOUTS = 256
 RETRY_LAYERS = 4  # GPT-J layers of the DPO retry after an out-of-memory at the full depth
 EOS = 0  # eos = pad = 0 in every model here; prompts never contain it
 
@@ -244,6 +250,71 @@ def case_ppo(a: argparse.Namespace) -> dict:
             "settings": {**settings, "generation_batch_size": batch, "max_new_tokens": new}}
 
 
+def case_ppo_sharded(a: argparse.Namespace) -> dict:
+    """The `ppo` case's step (SHARDED_ROLLOUTS rollouts) twice from the same random weights: plain, then on the
+    sharded path of an FSDP launch (data_parallel.Sharded over a process group of this process alone: fully_shard on
+    every model, generation with synced_gpus, the snapshot gathered and written as a sharded run writes it). The
+    two must compute the same step: the record keeps the weight and metric differences next to how far the step
+    moved the weights, and what sharding costs in time and memory."""
+    from safetensors.torch import load_file
+
+    from baselines.ppo import PPO, ValueModel
+    from baselines.ppo_checkpoint import RunFolder
+
+    p = preset("sentiment_paper")
+    cfg = method_config("ppo", "sentiment_paper")
+    cfg.batch_size, cfg.minibatch_size = pick(a, (SHARDED_ROLLOUTS, SHARDED_ROLLOUTS // 4), (8, 4))
+    if a.dry:
+        cfg.micro_batch_size = 2
+    new = pick(a, p.task.generation.max_new_tokens, 8)
+    config = model_config(a, p.model_name)
+    bf16 = use_bf16(p.model.precision, a.device)
+    prompts = random_prompts(cfg.batch_size, pick(a, p.task.prompt.max_tokens, 4), config.vocab_size)
+
+    def one_step(dp: DataParallel, folder: Path) -> tuple[dict, dict, dict, dict]:
+        torch.manual_seed(0)  # the same random weights in both runs
+        policy, ref = (build(GPT2LMHeadModel, config, a, torch.float32) for _ in range(2))
+        value = meter(ValueModel(build(GPT2LMHeadModel, config, a, torch.float32).transformer)).to(a.device)
+        before = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+        ppo = PPO(policy, ref, value, lambda _, completions: [len(c) / new for c in completions], cfg, eos_id=EOS,
+                  pad_id=EOS, max_new_tokens=new, seed=0, generation_batch_size=cfg.batch_size, bf16=bf16,
+                  replicas=dp)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        stats = ppo.step(0, prompts)
+        seconds = time.perf_counter() - start
+        timing = rated({"median_s": round(seconds, 4), "repeats": 1}, len(prompts) * (len(prompts[0]) + new))
+        start = time.perf_counter()
+        RunFolder(folder, dp).snapshot(ppo, 1)
+        timing["snapshot_s"] = round(time.perf_counter() - start, 3)
+        after = load_file(str(folder / "snapshots" / "step000001" / "model.safetensors"))
+        return timing, stats, before, after
+
+    results, runs = {}, {}
+    name = f"ppo_step_{p.model_name}_{cfg.batch_size}_rollouts" + ("_bf16" if bf16 else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("plain", "sharded"):
+            if kind == "plain":
+                got = one_step(DataParallel(active=False), Path(tmp) / kind)
+            else:
+                with one_process() as dp:
+                    got = one_step(dp, Path(tmp) / kind)
+            results[name + ("_fsdp2_one_process" if kind == "sharded" else "")] = got[0]
+            runs[kind] = got[1:]
+            free_memory()
+    (plain_stats, before, plain), (sharded_stats, _, sharded) = runs["plain"], runs["sharded"]
+    common = sorted(set(plain) & set(sharded))
+    metrics = ("objective/kl", "objective/scores", "loss/policy", "loss/value", "policy/approxkl")
+    return {"results": results, "bf16": bf16, "settings": {k: cfg[k] for k in ("batch_size", "minibatch_size",
+                                                                                "micro_batch_size", "ppo_epochs")},
+            "sharded_vs_plain": {
+                "tensors_compared": len(common),
+                "max_abs_weight_diff": max(float((plain[k] - sharded[k]).abs().max()) for k in common),
+                "max_abs_weight_change_of_the_step": max(float((plain[k] - before[k]).abs().max()) for k in common),
+                "metric_abs_diff": {m: abs(float(plain_stats[m]) - float(sharded_stats[m])) for m in metrics}}}
+
+
 def dpo_attempt(a: argparse.Namespace, layers: int) -> dict:
     """One DPO run of (repeats + 1) optimiser steps at GPT-J shape with `layers` layers, configured as
     pipelines/dpo.py configures the summarization paper preset: DPOConfig from pipelines.lm.trainer.training_args
@@ -392,6 +463,12 @@ def record_page(r: dict) -> list[str]:
     if rm := cases.get("reward_model", {}).get("bf16_vs_fp32_scores"):
         lines += ["", f"Reward model: bf16 scores differ from fp32 by {rm['mean_abs_diff']:.4g} on average, "
                   f"{rm['max_abs_diff']:.4g} at most."]
+    if sh := cases.get("ppo_sharded", {}).get("sharded_vs_plain"):
+        diffs = ", ".join(f"{m} {d:.3g}" for m, d in sh["metric_abs_diff"].items())
+        lines += ["", "Sharded PPO step (FSDP2, one process) against the plain step from the same weights: weights "
+                  f"differ by {sh['max_abs_weight_diff']:.3g} at most ({sh['tensors_compared']} tensors) where the "
+                  f"step moved them by up to {sh['max_abs_weight_change_of_the_step']:.3g}; step metrics differ by "
+                  f"{diffs}."]
     if dpo := cases.get("dpo", {}).get("attempts"):
         tried = ", ".join(f"{x['layers']} layers: " + x.get("error", "ran") for x in dpo)
         lines += ["", f"DPO at GPT-J shape: {tried}. {cases['dpo'].get('note', '')}".rstrip()]

@@ -18,12 +18,13 @@ torch's FSDP2 under a DeepSpeed launch too: the loop is ours, not the launch's T
 of tests (two gloo processes on CPU, tests/unit/test_sharded_ppo.py)."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
-from pipelines.infra.distributed import Replicas, replicates_weights, world_size
+from pipelines.infra.distributed import Group, Replicas, free_port, replicates_weights, world_size
 from pipelines.infra.io import UserError
 
 
@@ -82,9 +83,14 @@ class Sharded(DataParallel):
     """The processes of a launch that shards weights: DataParallel's verbs, with every model sharded by FSDP2
     (module docstring). `wrap` and `frozen` shard a model in place; build optimisers after wrapping."""
 
-    def __init__(self):
+    def __init__(self, alone: Group | None = None):
+        """Over the processes of the launch; or, given `alone` (a process group of this process only), over this
+        process alone: the sharded code path on one device (make gpu-smoke, `one_process`)."""
         super().__init__(active=True)
         from torch.distributed.device_mesh import init_device_mesh
+
+        if alone is not None:
+            self.group, self.size, self.rank = alone, 1, 0
 
         self.mesh = init_device_mesh(self.group.device.type, (self.size,))
 
@@ -147,3 +153,28 @@ def for_launch() -> DataParallel:
     if world_size() > 1 and not replicates_weights():
         return Sharded()
     return DataParallel(active=replicates_weights())
+
+
+@contextmanager
+def one_process() -> Iterator[Sharded]:
+    """`Sharded` over a process group of this process alone (NCCL on a GPU, gloo on a CPU), opened on a free local
+    port and closed on exit: every FSDP2 wrap, gather and collective of the sharded loop runs, on one device. The
+    rendezvous variables (MASTER_PORT, RANK, WORLD_SIZE, ...) hold inside the block and are restored on exit."""
+    import torch.distributed as dist
+
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
+                  "WORLD_SIZE": "1"}
+    if dist.is_initialized():
+        raise RuntimeError("one_process: a process group is already open in this process")
+    saved = {k: os.environ.get(k) for k in rendezvous}
+    os.environ.update(rendezvous)
+    try:
+        yield Sharded(alone=Group())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -3,6 +3,7 @@ record (numbers are not asserted beyond being positive and finite: no timed test
 without CUDA stops at once with a one-line message."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from pipelines import gpu_smoke
 
 def test_dry_run_writes_every_case(tmp_path, capsys):
     out = tmp_path / "bench"
+    rendezvous = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     path = gpu_smoke.main(["--dry", "--out", str(out)])
     record = json.loads(path.read_text())
     assert path.parent == out and path.with_suffix(".md").exists() and record["dry"]
@@ -26,6 +28,14 @@ def test_dry_run_writes_every_case(tmp_path, capsys):
     for check in record["cases"]["generation"]["precision_check"].values():
         assert check["tokens"] > 0 and all(math.isfinite(v) for v in check.values())
     assert all(math.isfinite(v) for v in record["cases"]["reward_model"]["bf16_vs_fp32_scores"].values())
+    # the sharded path in a process group of one computes the plain step (exactly, on a CPU) and moved the weights
+    sharded = record["cases"]["ppo_sharded"]["sharded_vs_plain"]
+    assert sharded["tensors_compared"] > 0 and sharded["max_abs_weight_change_of_the_step"] > 0
+    assert sharded["max_abs_weight_diff"] <= 1e-6 * sharded["max_abs_weight_change_of_the_step"]
+    assert all(d <= 1e-6 for d in sharded["metric_abs_diff"].values()), sharded
+    assert len(record["cases"]["ppo_sharded"]["results"]) == 2  # plain and sharded timings
+    assert not torch.distributed.is_initialized()  # the one-process group is closed and its variables restored
+    assert {k: os.environ.get(k) for k in rendezvous} == rendezvous
     assert record["cases"]["dpo"]["layers_used"] == gpu_smoke.DRY["n_layer"]
     assert record["cases"]["dpo"]["attempts"][0]["settings"]["optim"] == "rmsprop"  # the preset's optimiser
     # one progress line per case, then the files
