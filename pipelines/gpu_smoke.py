@@ -251,11 +251,23 @@ def case_ppo(a: argparse.Namespace) -> dict:
 
 
 def case_ppo_sharded(a: argparse.Namespace) -> dict:
+    """`sharded_against_plain`; a failure of the sharded path is this case's finding (the error, first line), and
+    the cases after it still run."""
+    try:
+        return guarded(sharded_against_plain, a)
+    except Exception as err:  # noqa: BLE001 (any error of the sharded path is recorded, not raised)
+        return {"error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"}
+
+
+def sharded_against_plain(a: argparse.Namespace) -> dict:
     """The `ppo` case's step (SHARDED_ROLLOUTS rollouts) twice from the same random weights: plain, then on the
     sharded path of an FSDP launch (data_parallel.Sharded over a process group of this process alone: fully_shard on
-    every model, generation with synced_gpus, the snapshot gathered and written as a sharded run writes it). The
-    two must compute the same step: the record keeps the weight and metric differences next to how far the step
-    moved the weights, and what sharding costs in time and memory."""
+    every model, generation with synced_gpus, the snapshot gathered to a full state and written as a sharded run
+    writes it). The two must compute the same step: the record keeps the weight and metric differences next to how
+    far the step moved the weights. What one process does not test: with a single shard FSDP2's all-gathers are
+    local copies, so neither the communication nor the memory saving of several GPUs shows here; and on a GPU
+    nondeterministic kernels may make the two steps differ slightly, which is why the differences are set beside
+    the step's own movement rather than required to be zero."""
     from safetensors.torch import load_file
 
     from baselines.ppo import PPO, ValueModel
@@ -272,7 +284,8 @@ def case_ppo_sharded(a: argparse.Namespace) -> dict:
     prompts = random_prompts(cfg.batch_size, pick(a, p.task.prompt.max_tokens, 4), config.vocab_size)
 
     def one_step(dp: DataParallel, folder: Path) -> tuple[dict, dict, dict, dict]:
-        torch.manual_seed(0)  # the same random weights in both runs
+        """(timing, step metrics, policy weights before the step, the snapshot's weights after it), all on CPU."""
+        torch.manual_seed(0)  # the same random weights in both runs (checked: max_abs_start_diff)
         policy, ref = (build(GPT2LMHeadModel, config, a, torch.float32) for _ in range(2))
         value = meter(ValueModel(build(GPT2LMHeadModel, config, a, torch.float32).transformer)).to(a.device)
         before = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
@@ -303,15 +316,20 @@ def case_ppo_sharded(a: argparse.Namespace) -> dict:
             results[name + ("_fsdp2_one_process" if kind == "sharded" else "")] = got[0]
             runs[kind] = got[1:]
             free_memory()
-    (plain_stats, before, plain), (sharded_stats, _, sharded) = runs["plain"], runs["sharded"]
+    (plain_stats, before, plain), (sharded_stats, sharded_before, sharded) = runs["plain"], runs["sharded"]
+    # A GPU gather may untie GPT-2's lm_head from wte, so one file can hold lm_head.weight where the other does not.
     common = sorted(set(plain) & set(sharded))
+
+    def largest(x: dict, y: dict) -> float:
+        return max((float((x[k] - y[k]).abs().max()) for k in common), default=float("nan"))
     metrics = ("objective/kl", "objective/scores", "loss/policy", "loss/value", "policy/approxkl")
     return {"results": results, "bf16": bf16, "settings": {k: cfg[k] for k in ("batch_size", "minibatch_size",
                                                                                 "micro_batch_size", "ppo_epochs")},
             "sharded_vs_plain": {
-                "tensors_compared": len(common),
-                "max_abs_weight_diff": max(float((plain[k] - sharded[k]).abs().max()) for k in common),
-                "max_abs_weight_change_of_the_step": max(float((plain[k] - before[k]).abs().max()) for k in common),
+                "tensors_compared": len(common), "tensors_in_one_file_only": sorted(set(plain) ^ set(sharded)),
+                "max_abs_start_diff": largest(before, sharded_before),
+                "max_abs_weight_diff": largest(plain, sharded),
+                "max_abs_weight_change_of_the_step": largest(plain, before),
                 "metric_abs_diff": {m: abs(float(plain_stats[m]) - float(sharded_stats[m])) for m in metrics}}}
 
 
@@ -468,7 +486,8 @@ def record_page(r: dict) -> list[str]:
         lines += ["", "Sharded PPO step (FSDP2, one process) against the plain step from the same weights: weights "
                   f"differ by {sh['max_abs_weight_diff']:.3g} at most ({sh['tensors_compared']} tensors) where the "
                   f"step moved them by up to {sh['max_abs_weight_change_of_the_step']:.3g}; step metrics differ by "
-                  f"{diffs}."]
+                  f"{diffs}. One process: FSDP2's gathers are local copies, so this checks the sharded code path on "
+                  "this device, not the communication of several GPUs."]
     if dpo := cases.get("dpo", {}).get("attempts"):
         tried = ", ".join(f"{x['layers']} layers: " + x.get("error", "ran") for x in dpo)
         lines += ["", f"DPO at GPT-J shape: {tried}. {cases['dpo'].get('note', '')}".rstrip()]

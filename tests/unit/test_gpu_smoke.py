@@ -13,7 +13,7 @@ from pipelines import gpu_smoke
 
 def test_dry_run_writes_every_case(tmp_path, capsys):
     out = tmp_path / "bench"
-    rendezvous = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    rendezvous = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
     path = gpu_smoke.main(["--dry", "--out", str(out)])
     record = json.loads(path.read_text())
     assert path.parent == out and path.with_suffix(".md").exists() and record["dry"]
@@ -31,6 +31,7 @@ def test_dry_run_writes_every_case(tmp_path, capsys):
     # the sharded path in a process group of one computes the plain step (exactly, on a CPU) and moved the weights
     sharded = record["cases"]["ppo_sharded"]["sharded_vs_plain"]
     assert sharded["tensors_compared"] > 0 and sharded["max_abs_weight_change_of_the_step"] > 0
+    assert sharded["max_abs_start_diff"] == 0 and set(sharded["tensors_in_one_file_only"]) <= {"lm_head.weight"}
     assert sharded["max_abs_weight_diff"] <= 1e-6 * sharded["max_abs_weight_change_of_the_step"]
     assert all(d <= 1e-6 for d in sharded["metric_abs_diff"].values()), sharded
     assert len(record["cases"]["ppo_sharded"]["results"]) == 2  # plain and sharded timings
@@ -45,6 +46,17 @@ def test_dry_run_writes_every_case(tmp_path, capsys):
     index = (tmp_path / "bench.md").read_text()
     assert f"[{path.stem}]({out.name}/{path.stem}.md)" in index
     assert any(f"| {name} |" in index for name in generated)
+
+
+def test_a_failing_sharded_path_is_recorded_and_the_next_cases_run(tmp_path, monkeypatch, capsys):
+    def broken():
+        raise RuntimeError("NCCL error: unhandled system error\nmore lines")
+    monkeypatch.setattr(gpu_smoke, "one_process", broken)
+    path = gpu_smoke.main(["--dry", "--out", str(tmp_path / "bench"), "--only", "ppo_sharded", "reward_model"])
+    cases = json.loads(path.read_text())["cases"]
+    assert cases["ppo_sharded"]["error"] == "RuntimeError: NCCL error: unhandled system error"
+    assert "error" not in cases["reward_model"] and cases["reward_model"]["results"]
+    assert "ppo_sharded: **RuntimeError: NCCL error" in path.with_suffix(".md").read_text()
 
 
 def test_dpo_retries_with_fewer_layers_after_out_of_memory(tmp_path, monkeypatch):
