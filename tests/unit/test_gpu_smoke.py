@@ -48,7 +48,7 @@ def test_dry_run_writes_every_case(tmp_path, capsys):
     assert any(f"| {name} |" in index for name in generated)
 
 
-def test_a_failing_sharded_path_is_recorded_and_the_next_cases_run(tmp_path, monkeypatch, capsys):
+def test_a_failing_sharded_path_is_recorded_and_the_next_cases_run(tmp_path, monkeypatch):
     def broken():
         raise RuntimeError("NCCL error: unhandled system error\nmore lines")
     monkeypatch.setattr(gpu_smoke, "one_process", broken)
