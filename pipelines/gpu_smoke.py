@@ -64,6 +64,7 @@ DPO_SETTINGS = ("optim", "learning_rate", "warmup_steps", "per_device_train_batc
                 "max_grad_norm", "bf16", "gradient_checkpointing")  # recorded from the DPOConfig the case built
 # Rollouts of the sharded PPO case's step (the ppo case's 1,024 would add minutes; the path is the point here).
 SHARDED_ROLLOUTS = 256
+PPO_SETTINGS = ("batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs")  # recorded by both PPO cases
 RETRY_LAYERS = 4  # GPT-J layers of the DPO retry after an out-of-memory at the full depth
 EOS = 0  # eos = pad = 0 in every model here; prompts never contain it
 
@@ -220,12 +221,23 @@ def case_generation(a: argparse.Namespace) -> dict:
     return out
 
 
+def ppo_learner(a: argparse.Namespace, cfg: DictConfig, config, new: int, generation_batch: int, bf16: bool,
+                replicas: DataParallel | None = None):
+    """Our PPO learner (baselines.ppo.PPO) at `config`'s shape: policy, reference and value model built as make bench
+    builds them (random fp32 weights), rewarded for length; alone, or data-parallel / sharded over `replicas`."""
+    from baselines.ppo import PPO, ValueModel
+
+    policy, ref = (build(GPT2LMHeadModel, config, a, torch.float32) for _ in range(2))
+    value = meter(ValueModel(build(GPT2LMHeadModel, config, a, torch.float32).transformer)).to(a.device)
+    return PPO(policy, ref, value, lambda _, completions: [len(c) / new for c in completions], cfg, eos_id=EOS,
+               pad_id=EOS, max_new_tokens=new, seed=0, generation_batch_size=generation_batch, bf16=bf16,
+               replicas=replicas)
+
+
 def case_ppo(a: argparse.Namespace) -> dict:
     """One PPO step of ours at gpt2-large shape, sentiment paper preset: conf/method/ppo.yaml with the preset's
     method keys (batch, minibatch, micro-batch, epochs), bf16 autocast where the model config asks for it on this
-    device; policy, reference and value model built as make bench builds them (fp32 weights)."""
-    from baselines.ppo import PPO, ValueModel
-
+    device (`ppo_learner`)."""
     p = preset("sentiment_paper")
     cfg = method_config("ppo", "sentiment_paper")
     if a.dry:
@@ -234,10 +246,7 @@ def case_ppo(a: argparse.Namespace) -> dict:
     batch, new = pick(a, (g.batch_size, g.max_new_tokens), (4, 8))
     config = model_config(a, p.model_name)
     bf16 = use_bf16(p.model.precision, a.device)
-    policy, ref = (build(GPT2LMHeadModel, config, a, torch.float32) for _ in range(2))
-    value = meter(ValueModel(build(GPT2LMHeadModel, config, a, torch.float32).transformer)).to(a.device)
-    ppo = PPO(policy, ref, value, lambda prompts, completions: [len(c) / new for c in completions], cfg,
-              eos_id=EOS, pad_id=EOS, max_new_tokens=new, seed=0, generation_batch_size=batch, bf16=bf16)
+    ppo = ppo_learner(a, cfg, config, new, batch, bf16)
     prompts = random_prompts(cfg.batch_size, pick(a, p.task.prompt.max_tokens, 4), config.vocab_size)
     steps = iter(range(10 ** 6))
     # Warm-up + 1 timed step by default (a step of 1,024 rollouts takes about a minute).
@@ -245,9 +254,8 @@ def case_ppo(a: argparse.Namespace) -> dict:
                         lambda _: len(prompts) * (len(prompts[0]) + new))
     r["rollout_s"] = round(stats["time/rollout_s"], 3)
     name = f"ppo_step_{p.model_name}_{cfg.batch_size}_rollouts_{cfg.ppo_epochs}_epochs" + ("_bf16" if bf16 else "")
-    settings = {k: cfg[k] for k in ("batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs")}
     return {"results": {name: r}, "bf16": bf16,
-            "settings": {**settings, "generation_batch_size": batch, "max_new_tokens": new}}
+            "settings": {**{k: cfg[k] for k in PPO_SETTINGS}, "generation_batch_size": batch, "max_new_tokens": new}}
 
 
 def case_ppo_sharded(a: argparse.Namespace) -> dict:
@@ -270,7 +278,6 @@ def sharded_against_plain(a: argparse.Namespace) -> dict:
     the step's own movement rather than required to be zero."""
     from safetensors.torch import load_file
 
-    from baselines.ppo import PPO, ValueModel
     from baselines.ppo_checkpoint import RunFolder
 
     p = preset("sentiment_paper")
@@ -286,12 +293,8 @@ def sharded_against_plain(a: argparse.Namespace) -> dict:
     def one_step(dp: DataParallel, folder: Path) -> tuple[dict, dict, dict, dict]:
         """(timing, step metrics, policy weights before the step, the snapshot's weights after it), all on CPU."""
         torch.manual_seed(0)  # the same random weights in both runs (checked: max_abs_start_diff)
-        policy, ref = (build(GPT2LMHeadModel, config, a, torch.float32) for _ in range(2))
-        value = meter(ValueModel(build(GPT2LMHeadModel, config, a, torch.float32).transformer)).to(a.device)
-        before = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
-        ppo = PPO(policy, ref, value, lambda _, completions: [len(c) / new for c in completions], cfg, eos_id=EOS,
-                  pad_id=EOS, max_new_tokens=new, seed=0, generation_batch_size=cfg.batch_size, bf16=bf16,
-                  replicas=dp)
+        ppo = ppo_learner(a, cfg, config, new, cfg.batch_size, bf16, replicas=dp)
+        before = {k: v.detach().cpu().clone() for k, v in dp.full_state(ppo.policy).items()}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -323,8 +326,7 @@ def sharded_against_plain(a: argparse.Namespace) -> dict:
     def largest(x: dict, y: dict) -> float:
         return max((float((x[k] - y[k]).abs().max()) for k in common), default=float("nan"))
     metrics = ("objective/kl", "objective/scores", "loss/policy", "loss/value", "policy/approxkl")
-    return {"results": results, "bf16": bf16, "settings": {k: cfg[k] for k in ("batch_size", "minibatch_size",
-                                                                                "micro_batch_size", "ppo_epochs")},
+    return {"results": results, "bf16": bf16, "settings": {k: cfg[k] for k in PPO_SETTINGS},
             "sharded_vs_plain": {
                 "tensors_compared": len(common), "tensors_in_one_file_only": sorted(set(plain) ^ set(sharded)),
                 "max_abs_start_diff": largest(before, sharded_before),
