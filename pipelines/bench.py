@@ -181,8 +181,8 @@ def _setup(args: argparse.Namespace) -> Setup:
     return Setup(args, model_cfg, task_cfg, a, vocab, config, device, precisions)
 
 
-def _time_sampling(s: Setup) -> dict:
-    """Sampling and sequence log-probs at the preset's generation batch; keeps the samples for the other steps."""
+def _sampler(s: Setup):
+    """A random policy of the preset's shape and prompts for it (kept in s); returns the timed sampling call."""
     torch.manual_seed(0)
     s.policy = s.gpt2().to(s.device).eval()
     s.prompts = [[int(x) for x in torch.randint(1, s.vocab, (5,))] for _ in range(s.batch)]
@@ -193,6 +193,28 @@ def _time_sampling(s: Setup) -> dict:
     def sample():
         return sample_completions(s.policy, s.prompts, max_new_tokens=s.new_tokens, eos_id=0, pad_id=0,
                                   batch_size=s.batch, seed=0)
+    return sample
+
+
+def speed_probe(repeats: int = 5) -> dict:
+    """How fast the machine is right now: the median seconds of `make bench`'s sampling operation (the preset's
+    generation batch and length, random weights) on one thread, as each method job of the sweep runs. The 2-core
+    box's speed drifts between sessions (1.5-5x), so `make bench-e2e` records this before and after each timed run:
+    an end-to-end time is comparable with another only beside its probe."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s = _setup(_parse(["--repeats", str(repeats)]))
+        timed = _timed(_sampler(s), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return {"operation": f"sample_{s.batch}x{s.new_tokens}_tokens", "threads": 1, "repeats": repeats,
+            "median_s": timed["median_s"]}
+
+
+def _time_sampling(s: Setup) -> dict:
+    """Sampling and sequence log-probs at the preset's generation batch; keeps the samples for the other steps."""
+    sample = _sampler(s)
     s.completions = sample()
     return {f"sample_{s.batch}x{s.new_tokens}_tokens": _timed(sample, s.args.repeats),
             f"sequence_logprobs_{s.batch}_sequences": _timed(
@@ -349,7 +371,7 @@ def _write(s: Setup, results: dict, argv: list[str] | None) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     if args.e2e or args.seeds:
-        (multi_seed if args.seeds else end_to_end)(Path(args.out), shlex.split(args.make_args))
+        (multi_seed if args.seeds else end_to_end)(Path(args.out), shlex.split(args.make_args), speed_probe)
         return
     s = _setup(args)
     results = {**_time_sampling(s), **_time_sft(s), **_time_dpo(s)}

@@ -12,6 +12,7 @@ import platform
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,17 +37,41 @@ def machine() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads.")
 
 
-def end_to_end(out: Path, make_args: list[str]) -> None:
+Probe = Callable[[], dict]  # pipelines.bench.speed_probe: {operation, threads, repeats, median_s}
+
+
+def end_to_end(out: Path, make_args: list[str], probe: Probe | None = None) -> None:
     """Time `make reproduce-sentiment` from a state where only the venv and the data cache exist (an empty runs
-    folder), then add up what the done-markers say each stage took."""
+    folder), then add up what the done-markers say each stage took. With a probe, the machine's speed is measured
+    before and after the run and kept beside its time."""
     runs = Path(os.environ.get("RVD_RUNS", "runs"))
     if runs.exists() and any(runs.iterdir()):
         raise SystemExit(f"the end-to-end benchmark starts from an empty {runs}/: move it aside (or set RVD_RUNS to "
                          "an empty folder) and rerun")
-    start = time.time()
-    record = {**_timed_make(["make", "reproduce-sentiment", *make_args]), "machine": machine(),
-              **stage_times(runs, start)}
-    write_e2e(out, record)
+
+    def run() -> dict:
+        start = time.time()
+        return {**_timed_make(["make", "reproduce-sentiment", *make_args]), "machine": machine(),
+                **stage_times(runs, start)}
+    write_e2e(out, _probed(probe, run))
+
+
+def _probed(probe: Probe | None, run: Callable[[], dict]) -> dict:
+    """run()'s record, between two speed probes when there is a probe: speed_probe = {operation, threads, repeats,
+    before_s, after_s} (a machine that changed speed during the run shows it)."""
+    if probe is None:
+        return run()
+    before = probe()
+    record = run()
+    after = probe()
+    return {**record, "speed_probe": {**{k: v for k, v in before.items() if k != "median_s"},
+                                      "before_s": before["median_s"], "after_s": after["median_s"]}}
+
+
+def probe_text(record: dict) -> str:
+    """'0.762 / 0.771 s' (the speed probe before / after a timed run), or 'not measured'."""
+    p = record.get("speed_probe")
+    return f"{p['before_s']:.3f} / {p['after_s']:.3f} s" if p else "not measured"
 
 
 def _timed_make(command: list[str]) -> dict:
@@ -73,7 +98,7 @@ def stage_times(runs: Path, start: float) -> dict:
             "phase_seconds": {"shared stages (all cores, one after another)": round(shared_end - start, 1)}}
 
 
-def multi_seed(out: Path, make_args: list[str]) -> None:
+def multi_seed(out: Path, make_args: list[str], probe: Probe | None = None) -> None:
     """Time adding full-pipeline seeds 1 and 2 of every method on top of the state a `--e2e` run left (seed 0 done):
     `make reproduce-sentiment SEEDS="0 1 2"`, which, like the e2e run, neither reads nor writes the committed ledger
     (`make reproduce-sentiment-seeds` would find its committed jobs done and time nothing). Written into that
@@ -84,7 +109,7 @@ def multi_seed(out: Path, make_args: list[str]) -> None:
         raise SystemExit(f"the multi-seed benchmark continues an end-to-end run: `make bench-e2e` first (it needs "
                          f"{path} and the seed-0 runs under {runs})")
     record = json.loads(path.read_text())
-    timed = _timed_make(["make", "reproduce-sentiment", "SEEDS=0 1 2", *make_args])
+    timed = _probed(probe, lambda: _timed_make(["make", "reproduce-sentiment", "SEEDS=0 1 2", *make_args]))
     record["multi_seed"] = {**timed, "total_seconds": round(record["seconds"] + timed["seconds"], 1)}
     _save_e2e(path, record)
 
@@ -102,7 +127,8 @@ def write_e2e(out: Path, record: dict) -> None:
     history = []
     if path.exists():
         old = json.loads(path.read_text())
-        history = old.get("history", []) + [{k: old[k] for k in ("git_sha", "finished_at", "seconds", "command")}]
+        history = old.get("history", []) + [{k: old[k] for k in ("git_sha", "finished_at", "seconds", "command",
+                                                                   "speed_probe") if k in old}]
     _save_e2e(path, {**record, "history": history})
 
 
@@ -112,6 +138,11 @@ def _save_e2e(path: Path, record: dict) -> None:
     lines = [f"# End-to-end: `{record['command']}`", "",
              f"**{seconds / 60:.1f} min** from an empty runs folder (venv and data cache present), at "
              f"`{record['git_sha']}`, finished {record['finished_at']}. {record['machine']}", ""]
+    p = record.get("speed_probe")
+    if p:
+        lines.append(f"- the machine's speed (`make bench`'s {p['operation']} on {p['threads']} thread, median of "
+                     f"{p['repeats']}; this box's speed drifts between sessions, so compare end-to-end times only "
+                     f"beside it): {p['before_s']:.3f} s before the run, {p['after_s']:.3f} s after it.")
     for name, s in record.get("phase_seconds", {}).items():
         lines.append(f"- {name}: {s / 60:.1f} min; the parallel method jobs (and r_phi) after them: "
                      f"{(seconds - s) / 60:.1f} min.")
@@ -120,14 +151,16 @@ def _save_e2e(path: Path, record: dict) -> None:
         lines.append(f"- three seeds: `{ms['command']}` right after it (seeds 1 and 2 of every method added; the "
                      f"shared stages and seed 0 skipped) took {ms['seconds'] / 60:.1f} min more at "
                      f"`{ms['git_sha'][:10]}`, finished {ms['finished_at']}: **{ms['total_seconds'] / 60:.1f} min** "
-                     "for the three-seed frontier from an empty runs folder.")
+                     "for the three-seed frontier from an empty runs folder"
+                     + (f" (speed probe before / after: {probe_text(ms)})." if ms.get("speed_probe") else "."))
     lines += ["", "Stage wall times summed over all runs (parallel jobs overlap, so the sum exceeds the total):", "",
               "| stage | minutes |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in record["stage_seconds"].items()]
     if history:
         lines += ["", "Earlier measurements (same command and machine class; the presets of those commits):", "",
-                  "| git SHA | finished | minutes |", "|---|---|---|"]
-        lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} |" for h in history]
+                  "| git SHA | finished | minutes | speed probe before / after |", "|---|---|---|---|"]
+        lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} | {probe_text(h)} |"
+                  for h in history]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     write_index(path.parent)
     print("\n".join(lines))
@@ -147,14 +180,15 @@ def write_index(out: Path) -> Path:
              "## End to end", "", f"Target: the default `make reproduce-sentiment` (every method, one seed, evaluation "
              f"and plots) in at most {TARGET_MIN} minutes on the 2-core CPU, from an empty runs folder.", ""]
     if e2e:
-        lines += ["| record | one seed (min) | target | three seeds (min) | commit | finished | machine |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| record | one seed (min) | target | three seeds (min) | commit | finished | machine | speed probe "
+                  "before / after (`make bench` sampling, 1 thread) |", "|---|---|---|---|---|---|---|---|"]
         for k, r in e2e.items():
             ms, target_machine = r.get("multi_seed"), k == "e2e-cpu-2cores"  # the machine the target is set for
             met = ("met" if r["seconds"] <= TARGET_MIN * 60 else "missed") if target_machine else ""
             three = f"{ms['total_seconds'] / 60:.1f}" if ms else "not measured"
             lines.append(f"| [{k}]({out.name}/{k}.md) | **{r['seconds'] / 60:.1f}** | {met} | {three} | "
-                         f"`{r['git_sha'][:10]}` | {r['finished_at']} | {r['machine'].removeprefix('Machine: ')} |")
+                         f"`{r['git_sha'][:10]}` | {r['finished_at']} | {r['machine'].removeprefix('Machine: ')} | "
+                         f"{probe_text(r)} |")
     else:
         lines.append("No end-to-end record yet: `make bench-e2e` (about half an hour on an idle 2-core machine).")
     lines += ["", "## Steps", ""]

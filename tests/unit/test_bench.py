@@ -71,7 +71,44 @@ def test_end_to_end_record_has_phases_and_keeps_earlier_measurements(tmp_path):
     assert record["git_sha"] == "b" * 40 and [h["git_sha"] for h in record["history"]] == ["a" * 40]
     text = next(out.glob("*.md")).read_text()
     assert "**31.0 min**" in text and "10.0 min; the parallel method jobs (and r_phi) after them: 21.0 min" in text
-    assert "| `aaaaaaaaaa` | 2026-12-01T09:31:00+00:00 | 50.0 |" in text
+    assert "| `aaaaaaaaaa` | 2026-12-01T09:31:00+00:00 | 50.0 | not measured |" in text
+    assert "speed" not in text.split("Earlier")[0]  # no probe, no line about one
+
+
+def test_end_to_end_keeps_the_machine_speed_beside_its_time(tmp_path, monkeypatch):
+    """make bench-e2e probes the machine before and after the timed run; the probe is kept in the record, its
+    history and the index (times from different sessions are compared beside it)."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    monkeypatch.setenv("RVD_RUNS", str(runs))
+    order = []
+
+    def probe():
+        order.append("probe")
+        return {"operation": "sample_256x32_tokens", "threads": 1, "repeats": 5, "median_s": 0.75 + len(order) / 100}
+
+    monkeypatch.setattr(bench_e2e, "_timed_make", lambda cmd: order.append(cmd) or {
+        "command": " ".join(cmd), "seconds": 2100.0, "git_sha": "a" * 40, "finished_at": "2026-12-08T05:00:00+00:00"})
+    bench_e2e.end_to_end(out, ["JOBS=2"], probe)
+    assert order == ["probe", ["make", "reproduce-sentiment", "JOBS=2"], "probe"]
+    record = json.loads((out / next(p.name for p in out.glob("*.json"))).read_text())
+    assert record["speed_probe"] == {"operation": "sample_256x32_tokens", "threads": 1, "repeats": 5,
+                                     "before_s": 0.76, "after_s": 0.78}
+    page = next(out.glob("*.md")).read_text()
+    assert "sample_256x32_tokens on 1 thread, median of 5" in page and "0.760 s before the run, 0.780 s after" in page
+    # a second measurement: the first goes to the history with its probe
+    bench_e2e.end_to_end(out, [], probe)
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["history"][0]["speed_probe"]["before_s"] == 0.76 and record["speed_probe"]["before_s"] == 0.79
+    assert "| 35.0 | 0.760 / 0.780 s |" in next(out.glob("*.md")).read_text()
+    index = (tmp_path / "out.md").read_text()
+    assert index.count("speed probe") == 1 and "0.790 / 0.810 s |" in index
+
+
+def test_the_speed_probe_times_sampling_on_one_thread():
+    threads = bench.torch.get_num_threads()
+    p = bench.speed_probe(repeats=1)
+    assert p["operation"] == "sample_256x32_tokens" and p["threads"] == 1 and p["median_s"] > 0
+    assert bench.torch.get_num_threads() == threads  # restored
 
 
 def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
@@ -90,14 +127,21 @@ def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_e2e, "subprocess", SimpleNamespace(run=lambda cmd, check: calls.append(cmd)))
     monkeypatch.setattr(bench_e2e, "time", SimpleNamespace(time=lambda: next(clock)))
     monkeypatch.setattr(bench_e2e, "git_sha", lambda: "d" * 40)
+    # the machine's speed, probed before and after the timed run (here a machine that slowed down during it)
+    probes = iter([0.8, 1.1])
+    monkeypatch.setattr(bench, "speed_probe", lambda: {"operation": "sample_256x32_tokens", "threads": 1,
+                                                       "repeats": 5, "median_s": next(probes)})
     bench.main(["--seeds", "--out", str(out), "--make-args", "JOBS=2"])
     assert calls == [["make", "reproduce-sentiment", "SEEDS=0 1 2", "JOBS=2"]]
     (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
     assert record["seconds"] == 1500.0 and record["history"] == []  # the e2e measurement itself is unchanged
     assert record["multi_seed"]["seconds"] == 1200.0 and record["multi_seed"]["total_seconds"] == 2700.0
+    assert record["multi_seed"]["speed_probe"] == {"operation": "sample_256x32_tokens", "threads": 1, "repeats": 5,
+                                                   "before_s": 0.8, "after_s": 1.1}
     text = next(out.glob("*.md")).read_text()
     assert "**25.0 min** from an empty runs folder" in text and "took 20.0 min more" in text
-    assert "**45.0 min** for the three-seed frontier" in text
+    assert "**45.0 min** for the three-seed frontier from an empty runs folder (speed probe before / after: " \
+           "0.800 / 1.100 s)." in text
 
 
 def test_index_puts_every_record_on_one_page_against_the_target(tmp_path):
