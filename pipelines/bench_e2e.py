@@ -52,8 +52,21 @@ def end_to_end(out: Path, make_args: list[str], probe: Probe | None = None) -> N
     def run() -> dict:
         start = time.time()
         return {**_timed_make(["make", "reproduce-sentiment", *make_args]), "machine": machine(),
-                **stage_times(runs, start)}
+                **stage_times(runs, start), "disk_mib": disk_usage(runs)}
     write_e2e(out, _probed(probe, run))
+
+
+def disk_usage(runs: Path) -> dict:
+    """MiB of the files the run left under runs/sentiment/embedded/ (weights, snapshots, samples, logs): in all, the
+    shared stages (seed 0's pipeline) and each method run of seed 0."""
+    root = runs / "sentiment" / "embedded"
+
+    def mib(path: Path) -> float:
+        return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+    out = {"total": mib(root), "shared": mib(root / "shared")}
+    seed0 = root / "seed0"
+    out.update({f"seed0/{d.name}": mib(d) for d in sorted(seed0.iterdir()) if d.is_dir()} if seed0.is_dir() else {})
+    return out
 
 
 def _probed(probe: Probe | None, run: Callable[[], dict]) -> dict:
@@ -66,6 +79,12 @@ def _probed(probe: Probe | None, run: Callable[[], dict]) -> dict:
     after = probe()
     return {**record, "speed_probe": {**{k: v for k, v in before.items() if k != "median_s"},
                                       "before_s": before["median_s"], "after_s": after["median_s"]}}
+
+
+def three_seeds(record: dict) -> str:
+    """The three-seed total of an end-to-end record (`make bench-e2e-seeds` after it), or 'not measured'."""
+    ms = record.get("multi_seed")
+    return f"{ms['total_seconds'] / 60:.1f}" if ms else "not measured"
 
 
 def probe_text(record: dict) -> str:
@@ -128,7 +147,7 @@ def write_e2e(out: Path, record: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         history = old.get("history", []) + [{k: old[k] for k in ("git_sha", "finished_at", "seconds", "command",
-                                                                   "speed_probe") if k in old}]
+                                                                   "speed_probe", "multi_seed") if k in old}]
     _save_e2e(path, {**record, "history": history})
 
 
@@ -143,6 +162,11 @@ def _save_e2e(path: Path, record: dict) -> None:
         lines.append(f"- the machine's speed (`make bench`'s {p['operation']} on {p['threads']} thread, median of "
                      f"{p['repeats']}; this box's speed drifts between sessions, so compare end-to-end times only "
                      f"beside it): {p['before_s']:.3f} s before the run, {p['after_s']:.3f} s after it.")
+    disk = record.get("disk_mib")
+    if disk:
+        runs = ", ".join(f"{k.removeprefix('seed0/')} {v:g}" for k, v in disk.items() if k.startswith("seed0/"))
+        lines.append(f"- disk: {disk['total']:g} MiB of files under the runs folder's sentiment/embedded/ when it "
+                     f"finished: the shared stages {disk['shared']:g}; each method run of seed 0: {runs}.")
     for name, s in record.get("phase_seconds", {}).items():
         lines.append(f"- {name}: {s / 60:.1f} min; the parallel method jobs (and r_phi) after them: "
                      f"{(seconds - s) / 60:.1f} min.")
@@ -158,9 +182,10 @@ def _save_e2e(path: Path, record: dict) -> None:
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in record["stage_seconds"].items()]
     if history:
         lines += ["", "Earlier measurements (same command and machine class; the presets of those commits):", "",
-                  "| git SHA | finished | minutes | speed probe before / after |", "|---|---|---|---|"]
-        lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} | {probe_text(h)} |"
-                  for h in history]
+                  "| git SHA | finished | minutes | speed probe before / after | three seeds (min) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| `{h['git_sha'][:10]}` | {h['finished_at']} | {h['seconds'] / 60:.1f} | {probe_text(h)} | "
+                  f"{three_seeds(h)} |" for h in history]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     write_index(path.parent)
     print("\n".join(lines))
@@ -183,9 +208,9 @@ def write_index(out: Path) -> Path:
         lines += ["| record | one seed (min) | target | three seeds (min) | commit | finished | machine | speed probe "
                   "before / after (`make bench` sampling, 1 thread) |", "|---|---|---|---|---|---|---|---|"]
         for k, r in e2e.items():
-            ms, target_machine = r.get("multi_seed"), k == "e2e-cpu-2cores"  # the machine the target is set for
+            target_machine = k == "e2e-cpu-2cores"  # the machine the target is set for
             met = ("met" if r["seconds"] <= TARGET_MIN * 60 else "missed") if target_machine else ""
-            three = f"{ms['total_seconds'] / 60:.1f}" if ms else "not measured"
+            three = three_seeds(r)
             lines.append(f"| [{k}]({out.name}/{k}.md) | **{r['seconds'] / 60:.1f}** | {met} | {three} | "
                          f"`{r['git_sha'][:10]}` | {r['finished_at']} | {r['machine'].removeprefix('Machine: ')} | "
                          f"{probe_text(r)} |")

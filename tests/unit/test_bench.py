@@ -1,5 +1,6 @@
 """The benchmark script runs end to end and writes both of its files (numbers are not asserted: no timed tests)."""
 import json
+import shutil
 
 import pytest
 
@@ -88,6 +89,13 @@ def test_end_to_end_keeps_the_machine_speed_beside_its_time(tmp_path, monkeypatc
 
     monkeypatch.setattr(bench_e2e, "_timed_make", lambda cmd: order.append(cmd) or {
         "command": " ".join(cmd), "seconds": 2100.0, "git_sha": "a" * 40, "finished_at": "2026-12-08T05:00:00+00:00"})
+    for folder, size in (("shared/sft/policy", 3000), ("seed0/dpo_beta0.1/policy", 2 * 2**20), ("seed0/bon", 0)):
+        (runs / "sentiment" / "embedded" / folder).mkdir(parents=True)
+        if size:
+            (runs / "sentiment" / "embedded" / folder / "model.safetensors").write_bytes(b"x" * size)
+    assert bench_e2e.disk_usage(runs) == {"total": 2.0, "shared": 0.0, "seed0/bon": 0.0, "seed0/dpo_beta0.1": 2.0}
+    shutil.rmtree(runs)
+    monkeypatch.setattr(bench_e2e, "disk_usage", lambda runs: {"total": 420.5, "shared": 23.0, "seed0/ppo_kl1": 51.2})
     bench_e2e.end_to_end(out, ["JOBS=2"], probe)
     assert order == ["probe", ["make", "reproduce-sentiment", "JOBS=2"], "probe"]
     record = json.loads((out / next(p.name for p in out.glob("*.json"))).read_text())
@@ -95,6 +103,8 @@ def test_end_to_end_keeps_the_machine_speed_beside_its_time(tmp_path, monkeypatc
                                      "before_s": 0.76, "after_s": 0.78}
     page = next(out.glob("*.md")).read_text()
     assert "sample_256x32_tokens on 1 thread, median of 5" in page and "0.760 s before the run, 0.780 s after" in page
+    assert "- disk: 420.5 MiB of files under the runs folder's sentiment/embedded/ when it finished: the shared " \
+           "stages 23; each method run of seed 0: ppo_kl1 51.2." in page
     # a second measurement: the first goes to the history with its probe
     bench_e2e.end_to_end(out, [], probe)
     record = json.loads(next(out.glob("*.json")).read_text())
@@ -142,6 +152,12 @@ def test_multi_seed_continues_an_end_to_end_record(tmp_path, monkeypatch):
     assert "**25.0 min** from an empty runs folder" in text and "took 20.0 min more" in text
     assert "**45.0 min** for the three-seed frontier from an empty runs folder (speed probe before / after: " \
            "0.800 / 1.100 s)." in text
+    # a later end-to-end measurement keeps this one, its three-seed time included, in its history
+    bench_e2e.write_e2e(out, {**record, "seconds": 1800.0, "git_sha": "e" * 40, "multi_seed": None})
+    (record,) = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert record["history"][0]["multi_seed"]["total_seconds"] == 2700.0
+    history = next(out.glob("*.md")).read_text().split("Earlier measurements")[1]
+    assert "| `cccccccccc` | 2026-12-01T10:00:00+00:00 | 25.0 | not measured | 45.0 |" in history
 
 
 def test_index_puts_every_record_on_one_page_against_the_target(tmp_path):
