@@ -57,8 +57,9 @@ def end_to_end(out: Path, make_args: list[str], probe: Probe | None = None) -> N
 
 
 def disk_usage(runs: Path) -> dict:
-    """MiB of the files the run left under runs/sentiment/embedded/ (weights, snapshots, samples, logs): in all, the
-    shared stages (seed 0's pipeline) and each method run of seed 0."""
+    """MiB of the files the run left under runs/sentiment/embedded/ (weights, snapshots, samples, logs; the sum of
+    file sizes, not du's blocks): in all, `shared/` (pipeline seed 0's SFT, r*, pairs and r_phi) and each method run
+    of seed 0."""
     root = runs / "sentiment" / "embedded"
 
     def mib(path: Path) -> float:
@@ -166,7 +167,9 @@ def _save_e2e(path: Path, record: dict) -> None:
     if disk:
         runs = ", ".join(f"{k.removeprefix('seed0/')} {v:g}" for k, v in disk.items() if k.startswith("seed0/"))
         lines.append(f"- disk: {disk['total']:g} MiB of files under the runs folder's sentiment/embedded/ when it "
-                     f"finished: the shared stages {disk['shared']:g}; each method run of seed 0: {runs}.")
+                     f"finished: `shared/` {disk['shared']:g} MiB; each method run of seed 0, in MiB: {runs}.")
+    if record.get("note"):
+        lines.append(f"- note: {record['note']}")
     for name, s in record.get("phase_seconds", {}).items():
         lines.append(f"- {name}: {s / 60:.1f} min; the parallel method jobs (and r_phi) after them: "
                      f"{(seconds - s) / 60:.1f} min.")

@@ -103,8 +103,8 @@ def test_end_to_end_keeps_the_machine_speed_beside_its_time(tmp_path, monkeypatc
                                      "before_s": 0.76, "after_s": 0.78}
     page = next(out.glob("*.md")).read_text()
     assert "sample_256x32_tokens on 1 thread, median of 5" in page and "0.760 s before the run, 0.780 s after" in page
-    assert "- disk: 420.5 MiB of files under the runs folder's sentiment/embedded/ when it finished: the shared " \
-           "stages 23; each method run of seed 0: ppo_kl1 51.2." in page
+    assert "- disk: 420.5 MiB of files under the runs folder's sentiment/embedded/ when it finished: `shared/` " \
+           "23 MiB; each method run of seed 0, in MiB: ppo_kl1 51.2." in page
     # a second measurement: the first goes to the history with its probe
     bench_e2e.end_to_end(out, [], probe)
     record = json.loads(next(out.glob("*.json")).read_text())
@@ -114,10 +114,14 @@ def test_end_to_end_keeps_the_machine_speed_beside_its_time(tmp_path, monkeypatc
     assert index.count("speed probe") == 1 and "0.790 / 0.810 s |" in index
 
 
-def test_the_speed_probe_times_sampling_on_one_thread():
-    threads = bench.torch.get_num_threads()
+def test_the_speed_probe_times_sampling_on_one_thread(monkeypatch):
+    threads, seen = bench.torch.get_num_threads(), []
+    timed = bench._timed
+    monkeypatch.setattr(bench, "_timed", lambda fn, repeats: seen.append(bench.torch.get_num_threads())
+                        or timed(fn, repeats))
     p = bench.speed_probe(repeats=1)
-    assert p["operation"] == "sample_256x32_tokens" and p["threads"] == 1 and p["median_s"] > 0
+    assert seen == [1]  # timed on one thread, as each method job of the sweep runs
+    assert p["operation"] == "sample_256x32_tokens" and p["repeats"] == 1 and p["median_s"] > 0
     assert bench.torch.get_num_threads() == threads  # restored
 
 
