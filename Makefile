@@ -76,7 +76,7 @@ sweep: $(VENV)/.installed ## any experiment's jobs, no analysis: make sweep EXPE
 analyze-sentiment: $(VENV)/.installed ## rebuild the committed frontier.csv/png and summary.md from finished runs (and the ledger)
 	$(SWEEP) --experiment sentiment_embedded --groups $(GROUPS) --list > /dev/null
 	$(PY) -m analysis.frontier --task sentiment --preset embedded --runs $(RUNS) --command "make reproduce-sentiment-seeds"
-test: $(VENV)/.installed ## offline test suite (default: fast tests only, a few minutes)
+test: $(VENV)/.installed ## offline test suite, slow ones left out (about 8-10 min on an idle 2-core machine)
 	$(PY) -m pytest -q
 test-fast: $(VENV)/.installed ## the unit tests, under a minute on an idle 2-core machine
 	$(PY) -m pytest -q tests/unit -m 'not slow and not gpu and not network and not heavy'
