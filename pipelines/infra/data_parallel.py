@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from unittest import mock
 
 import torch
 
@@ -166,15 +167,9 @@ def one_process() -> Iterator[Sharded]:
                   "WORLD_SIZE": "1"}
     if dist.is_initialized():
         raise RuntimeError("one_process: a process group is already open in this process")
-    saved = {k: os.environ.get(k) for k in rendezvous}
-    os.environ.update(rendezvous)
-    try:
-        yield Sharded(alone=Group())
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with mock.patch.dict(os.environ, rendezvous):  # the environment as it was, on exit
+        try:
+            yield Sharded(alone=Group())
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
